@@ -92,6 +92,7 @@ pub struct Message {
 
 /// Why a run of bytes is not a valid record. Every variant says where it was found.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[allow(missing_docs)] // Variant fields are named by the variant's message.
 pub enum RecordError {
     /// Fewer bytes remain than the header or the header's length needs.
     #[error("record at byte {position} is truncated: needs {needed} bytes, {available} available")]
@@ -133,6 +134,20 @@ pub enum RecordError {
     /// The archive's CRC is right but its bytes are not a valid `Message` archive.
     #[error("record at byte {position}: archive is not a valid message: {reason}")]
     BadArchive { position: usize, reason: String },
+    /// A valid record that is not the next one expected: offsets in a log are consecutive.
+    #[error("record at byte {position} has offset {found}, expected {expected}")]
+    Sequence {
+        position: usize,
+        expected: u64,
+        found: u64,
+    },
+    /// A valid record whose append time is before its predecessor's: append times never decrease.
+    #[error("record at byte {position} has timestamp {found} before {previous}")]
+    TimeRegression {
+        position: usize,
+        previous: i64,
+        found: i64,
+    },
     /// The message could not be archived (only on the producer side).
     #[error("message could not be archived: {reason}")]
     Encode { reason: String },

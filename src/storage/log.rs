@@ -1,0 +1,684 @@
+//! The log of one partition: an ordered list of segments, the last one active.
+//!
+//! The log assigns offsets and append times, rolls segments by size and age, enforces retention by
+//! bytes and age, truncates, serves reads as slices of whole records, and hands durability to the
+//! flusher. It is owned by one thread (the partition's shard) and takes `&mut self` for every
+//! change; readers get [`Slice`]s that keep their segment's mapping alive even if retention deletes
+//! the file.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::flush::{AfterFlush, DurableWait, Flusher};
+use super::io::{Io, SegmentMap};
+use super::recovery::{self, RecoveryReport};
+use super::segment::{self, Segment};
+use super::{Durability, LogConfig, StorageError};
+use crate::record::{self, Check, Message, RecordError, RECORD_ALIGN};
+
+/// The wall clock the log stamps appends with, in ms since the Unix epoch; replaceable in tests.
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+fn system_clock() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Name of the file the next segment is prepared under before it gets its base offset.
+const PREPARED_NAME: &str = "next.segment.prepared";
+
+/// The offsets an append was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// Offset of the first record of the batch.
+    pub base_offset: u64,
+    /// Offset after the last record of the batch.
+    pub next_offset: u64,
+    /// Append time stamped on every record of the batch.
+    pub timestamp_ms: i64,
+}
+
+impl Appended {
+    /// Records in the batch.
+    pub fn count(&self) -> u64 {
+        self.next_offset - self.base_offset
+    }
+}
+
+/// A run of whole, CRC-checked records borrowed from a segment mapping. Holding it keeps the
+/// mapping alive (even after retention deletes the file) and blocks truncation of those bytes.
+pub struct Slice<M: SegmentMap> {
+    map: Arc<M>,
+    _reader: Arc<()>,
+    start: usize,
+    len: usize,
+    /// Offset of the first record in the slice.
+    pub first_offset: u64,
+    /// Offset after the last record in the slice.
+    pub next_offset: u64,
+}
+
+impl<M: SegmentMap> Slice<M> {
+    /// The records, exactly as stored: ready to send.
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: the range was written and published before the slice was made; the segment never
+        // rewrites published bytes while a reader token (held by us) is alive.
+        unsafe { self.map.slice(self.start, self.len) }
+    }
+
+    /// Records in the slice.
+    pub fn count(&self) -> u64 {
+        self.next_offset - self.first_offset
+    }
+
+    /// True when the slice holds no record (a read at the end of the log).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// A partition log. See the module documentation of [`crate::storage`].
+pub struct Log<I: Io> {
+    io: I,
+    dir: PathBuf,
+    config: LogConfig,
+    segments: VecDeque<Segment<I::Map>>,
+    next_offset: u64,
+    last_timestamp_ms: i64,
+    flusher: Flusher,
+    preparing: Option<JoinHandle<std::io::Result<I::Map>>>,
+    clock: Clock,
+    /// Aligned copy of a batch that arrived in a misaligned buffer, and the encoding buffer of
+    /// [`Log::append_message`]: reused, so steady appends allocate nothing.
+    scratch: rkyv::util::AlignedVec<16>,
+    encode_buf: Vec<u8>,
+}
+
+fn dyn_map<M: SegmentMap>(m: &Arc<M>) -> Arc<dyn SegmentMap> {
+    m.clone()
+}
+
+impl<I: Io> Log<I> {
+    /// Opens (or creates) the log in `dir`, recovering whatever a crash left there.
+    ///
+    /// # Examples
+    /// ```
+    /// use levee::storage::{Log, LogConfig, SimIo};
+    /// use levee::record::Message;
+    ///
+    /// let (mut log, _report) = Log::open(SimIo::new(), "/data/t-0", LogConfig::default()).unwrap();
+    /// let a = log.append_message(&Message { value: b"hi".to_vec(), ..Default::default() }).unwrap();
+    /// log.flush().unwrap();
+    /// let slice = log.read(a.base_offset, 1 << 20).unwrap();
+    /// assert_eq!(slice.count(), 1);
+    /// ```
+    pub fn open(
+        io: I,
+        dir: impl Into<PathBuf>,
+        config: LogConfig,
+    ) -> Result<(Self, RecoveryReport), StorageError> {
+        config.validate()?;
+        let dir = dir.into();
+        io.create_dir_all(&dir)
+            .map_err(|e| StorageError::io("create dir", &dir, e))?;
+        let recovered = recovery::recover(&io, &dir, &config)?;
+        let interval = match config.durability {
+            Durability::Interval(d) => Some(d),
+            Durability::Sync | Durability::None => None,
+        };
+        let (sync_io, write_io) = (io.clone(), io.clone());
+        let flusher = Flusher::start(
+            dir.clone(),
+            recovered.next_offset,
+            interval,
+            Box::new(move |d| sync_io.sync_dir(d)),
+            Box::new(move |p, b| write_io.write_file(p, b)),
+        )
+        .map_err(|e| StorageError::io("start flusher for", &dir, e))?;
+        for s in &recovered.segments {
+            flusher.add_map(dyn_map(&s.map), false);
+        }
+        let log = Log {
+            io,
+            dir,
+            config,
+            next_offset: recovered.next_offset,
+            last_timestamp_ms: recovered.last_timestamp_ms,
+            segments: recovered.segments,
+            flusher,
+            preparing: None,
+            clock: Arc::new(system_clock),
+            scratch: rkyv::util::AlignedVec::new(),
+            encode_buf: Vec::new(),
+        };
+        Ok((log, recovered.report))
+    }
+
+    /// Replaces the clock (tests of age-based roll and retention).
+    pub fn set_clock(&mut self, clock: Clock) {
+        self.clock = clock;
+    }
+
+    /// The log's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The configuration the log runs with.
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    /// The first offset still stored.
+    pub fn earliest_offset(&self) -> u64 {
+        self.segments.front().map_or(self.next_offset, |s| s.base_offset)
+    }
+
+    /// The offset the next record will get (the log end offset).
+    pub fn next_offset(&self) -> u64 {
+        self.next_offset
+    }
+
+    /// Every offset below this is durable.
+    pub fn durable_offset(&self) -> u64 {
+        self.flusher.durable()
+    }
+
+    /// Bytes of records stored.
+    pub fn size_bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.len as u64).sum()
+    }
+
+    /// `(base offset, next offset, bytes)` of every segment, oldest first.
+    pub fn segments(&self) -> Vec<(u64, u64, usize)> {
+        self.segments
+            .iter()
+            .map(|s| (s.base_offset, s.next_offset, s.len))
+            .collect()
+    }
+
+    /// Flush rounds completed so far (one round can cover many appends: group commit).
+    pub fn flush_count(&self) -> u64 {
+        self.flusher.flush_count()
+    }
+
+    fn check_writable(&self) -> Result<(), StorageError> {
+        if self.flusher.failed() {
+            if let Some(source) = self.flusher.error() {
+                return Err(StorageError::Failed {
+                    dir: self.dir.clone(),
+                    source,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn active(&mut self) -> &mut Segment<I::Map> {
+        self.segments
+            .back_mut()
+            .expect("a log always has an active segment")
+    }
+
+    /// Appends a batch: a run of whole records as a producer sends them (see [`crate::record`]).
+    ///
+    /// Every record is checked first (length, archive CRC, padding, archive structure); if any
+    /// fails, nothing is written. Then each header is stamped in place with its offset and the
+    /// append time, and the run is copied into the active segment with one copy. A batch never
+    /// spans segments: the segment rolls first if the batch does not fit.
+    ///
+    /// Under [`Durability::Sync`] the append also asks for a flush; acknowledge it only once
+    /// [`Log::wait_durable`] for `next_offset` resolves.
+    pub fn append(&mut self, run: &mut [u8]) -> Result<Appended, StorageError> {
+        if (run.as_ptr() as usize) % RECORD_ALIGN != 0 {
+            // rkyv validates archives in place, which needs alignment: copy once into our aligned
+            // scratch. Network buffers of the server are aligned, so this is the rare path.
+            let mut scratch = std::mem::take(&mut self.scratch);
+            scratch.clear();
+            scratch.extend_from_slice(run);
+            let result = self.append_aligned(&mut scratch);
+            if result.is_ok() {
+                run.copy_from_slice(&scratch);
+            }
+            self.scratch = scratch;
+            return result;
+        }
+        self.append_aligned(run)
+    }
+
+    fn append_aligned(&mut self, run: &mut [u8]) -> Result<Appended, StorageError> {
+        self.check_writable()?;
+        let max = self.config.record_bytes_max;
+        let mut position = 0;
+        let mut count = 0usize;
+        while position < run.len() {
+            let len = record::check_produced(run, position, max).map_err(|source| {
+                StorageError::InvalidRecord {
+                    index: count,
+                    source,
+                }
+            })?;
+            position += len;
+            count += 1;
+        }
+        if count == 0 {
+            return Err(StorageError::InvalidRecord {
+                index: 0,
+                source: RecordError::Truncated {
+                    position: 0,
+                    needed: record::HEADER_LEN,
+                    available: 0,
+                },
+            });
+        }
+        if run.len() > self.config.segment_bytes {
+            return Err(StorageError::InvalidRecord {
+                index: 0,
+                source: RecordError::BadLength {
+                    position: 0,
+                    len: run.len(),
+                    limit: self.config.segment_bytes,
+                },
+            });
+        }
+        // Append times never decrease, even if the wall clock steps back: the time index and
+        // seek-by-time rely on it.
+        let now = (self.clock)().max(self.last_timestamp_ms);
+        self.roll_if_needed(run.len(), now)?;
+
+        let base_offset = self.next_offset;
+        let segment = self
+            .segments
+            .back_mut()
+            .expect("a log always has an active segment");
+        let mut offset = base_offset;
+        let mut position = 0;
+        while position < run.len() {
+            let len = record::record_len(read_archive_len(run, position));
+            record::stamp_header(&mut run[position..], offset, now);
+            let relative = (offset - segment.base_offset) as u32;
+            segment
+                .index
+                .on_append(relative, (segment.len + position) as u32, now, len);
+            position += len;
+            offset += 1;
+        }
+        segment.first_timestamp_ms.get_or_insert(now);
+        segment.write(run, offset, now);
+        let half_full = segment.remaining() < segment.map.len() / 2;
+        self.next_offset = offset;
+        self.last_timestamp_ms = now;
+        self.flusher.published(offset);
+        if self.config.durability == Durability::Sync {
+            self.flusher.request(offset);
+        }
+        if half_full && self.preparing.is_none() {
+            self.prepare_next();
+        }
+        Ok(Appended {
+            base_offset,
+            next_offset: offset,
+            timestamp_ms: now,
+        })
+    }
+
+    /// Encodes `message` and appends it (convenience for tests and tools; producers send batches).
+    pub fn append_message(&mut self, message: &Message) -> Result<Appended, StorageError> {
+        let mut buf = std::mem::take(&mut self.encode_buf);
+        buf.clear();
+        let result = record::encode(message, &mut buf)
+            .map_err(|source| StorageError::InvalidRecord { index: 0, source })
+            .and_then(|_| self.append(&mut buf));
+        self.encode_buf = buf;
+        result
+    }
+
+    fn roll_if_needed(&mut self, needed: usize, now: i64) -> Result<(), StorageError> {
+        let segment_ms = self.config.segment_ms as i64;
+        let active = self.active();
+        let too_old = active
+            .first_timestamp_ms
+            .is_some_and(|first| now.saturating_sub(first) >= segment_ms);
+        if needed <= active.remaining() && !too_old {
+            return Ok(());
+        }
+        if active.is_empty() && needed <= active.remaining() {
+            return Ok(());
+        }
+        self.roll()
+    }
+
+    /// Starts reserving and pre-faulting the next segment on a helper thread.
+    fn prepare_next(&mut self) {
+        let io = self.io.clone();
+        let path = self.dir.join(PREPARED_NAME);
+        let len = self.config.segment_bytes;
+        let spawned = std::thread::Builder::new()
+            .name("levee-segment-prep".into())
+            .spawn(move || io.create(&path, len));
+        // If no thread can be spawned, the roll creates the segment itself.
+        self.preparing = spawned.ok();
+    }
+
+    fn take_prepared(&mut self) -> Result<I::Map, StorageError> {
+        let prepared = self.dir.join(PREPARED_NAME);
+        let len = self.config.segment_bytes;
+        let made = match self.preparing.take().map(|h| h.join()) {
+            Some(Ok(Ok(map))) => Ok(map),
+            // The helper failed or died: try once more here, so a transient error does not stick.
+            Some(Ok(Err(_))) | Some(Err(_)) | None => self.io.create(&prepared, len),
+        };
+        made.map_err(|e| {
+            if e.kind() == std::io::ErrorKind::StorageFull {
+                StorageError::NoSpace {
+                    path: prepared.clone(),
+                    bytes: len,
+                }
+            } else {
+                StorageError::io("reserve segment", &prepared, e)
+            }
+        })
+    }
+
+    /// Seals the active segment and starts a new one at the log end.
+    fn roll(&mut self) -> Result<(), StorageError> {
+        let map = self.take_prepared()?;
+        let base = self.next_offset;
+        let path = self.dir.join(segment::file_name(base));
+        let prepared = self.dir.join(PREPARED_NAME);
+        self.io
+            .rename(&prepared, &path)
+            .map_err(|e| StorageError::io("rename prepared segment to", &path, e))?;
+        let old = self.active();
+        let checkpoint = old.checkpoint();
+        let old_map = dyn_map(&old.map);
+        let after = AfterFlush {
+            path: old.path.with_file_name(segment::index_name(old.base_offset)),
+            bytes: checkpoint.encode(),
+            trim: Some((old_map.clone(), old.len)),
+            covers: old.next_offset,
+        };
+        let covers = old.next_offset;
+        self.flusher.seal(&old_map, covers, after);
+        let map = Arc::new(map);
+        // Registered before any byte is written into it: see Flusher::add_map.
+        self.flusher.add_map(dyn_map(&map), true);
+        self.segments.push_back(Segment::new(
+            base,
+            path,
+            map,
+            self.config.index_interval_bytes,
+        ));
+        tracing::debug!(dir = %self.dir.display(), base, "rolled segment");
+        Ok(())
+    }
+
+    /// Reads whole records starting at `offset`, up to `max_bytes` (but always at least one record
+    /// when one exists), from a single segment. Every record returned passed its CRC checks and has
+    /// the expected offset; reading at the log end returns an empty slice.
+    pub fn read(&self, offset: u64, max_bytes: usize) -> Result<Slice<I::Map>, StorageError> {
+        let earliest = self.earliest_offset();
+        if offset < earliest || offset > self.next_offset {
+            return Err(StorageError::OffsetOutOfRange {
+                requested: offset,
+                earliest,
+                next: self.next_offset,
+            });
+        }
+        let i = self
+            .segments
+            .partition_point(|s| s.base_offset <= offset)
+            .saturating_sub(1);
+        let segment = &self.segments[i];
+        if offset == segment.next_offset {
+            return Ok(Slice {
+                map: segment.map.clone(),
+                _reader: segment.readers.clone(),
+                start: segment.len,
+                len: 0,
+                first_offset: offset,
+                next_offset: offset,
+            });
+        }
+        let max = self.config.record_bytes_max;
+        let corrupt = |at: u64, source| StorageError::Corrupt {
+            offset: at,
+            segment: segment.base_offset,
+            source,
+        };
+        let start = segment
+            .position_of(offset, max)
+            .map_err(|e| corrupt(offset, e))?;
+        let data = segment.written();
+        let mut end = start;
+        let mut at = offset;
+        while end < segment.len {
+            let checked = record::decode(data, end, max, Check::Crc).and_then(|r| {
+                if r.offset() == at {
+                    Ok(r)
+                } else {
+                    Err(RecordError::Sequence {
+                        position: end,
+                        expected: at,
+                        found: r.offset(),
+                    })
+                }
+            });
+            match checked {
+                Ok(r) => {
+                    if end > start && end - start + r.bytes.len() > max_bytes {
+                        break;
+                    }
+                    end += r.bytes.len();
+                    at += 1;
+                    if end - start >= max_bytes {
+                        break;
+                    }
+                }
+                // Serve the good records before a bad one; the bad one itself is never served.
+                Err(e) if end == start => return Err(corrupt(at, e)),
+                Err(e) => {
+                    tracing::error!(offset = at, segment = segment.base_offset, error = %e, "corrupt record");
+                    break;
+                }
+            }
+        }
+        Ok(Slice {
+            map: segment.map.clone(),
+            _reader: segment.readers.clone(),
+            start,
+            len: end - start,
+            first_offset: offset,
+            next_offset: at,
+        })
+    }
+
+    /// The first offset whose append time is at or after `timestamp_ms`, or the log end if none.
+    pub fn offset_at_time(&self, timestamp_ms: i64) -> Result<u64, StorageError> {
+        // Append times never decrease, so segments are ordered by time too: skip those whose
+        // newest record is older, then look inside the first candidate.
+        let non_empty = self
+            .segments
+            .iter()
+            .take_while(|s| !s.is_empty())
+            .count();
+        let first = self
+            .segments
+            .range(..non_empty)
+            .collect::<Vec<_>>()
+            .partition_point(|s| s.max_timestamp_ms < timestamp_ms);
+        for segment in self.segments.range(first..non_empty) {
+            let found = segment
+                .offset_at_time(timestamp_ms, self.config.record_bytes_max)
+                .map_err(|source| StorageError::Corrupt {
+                    offset: segment.base_offset,
+                    segment: segment.base_offset,
+                    source,
+                })?;
+            if let Some(offset) = found {
+                return Ok(offset);
+            }
+        }
+        Ok(self.next_offset)
+    }
+
+    /// A future resolving once every offset below `next_offset` is durable (asks for a flush).
+    pub fn wait_durable(&self, next_offset: u64) -> DurableWait {
+        self.flusher.wait(next_offset.min(self.next_offset))
+    }
+
+    /// Makes everything appended so far durable, blocking the calling thread.
+    pub fn flush(&self) -> Result<(), StorageError> {
+        self.flusher
+            .wait_blocking(self.next_offset)
+            .map_err(|source| StorageError::Failed {
+                dir: self.dir.clone(),
+                source,
+            })
+    }
+
+    /// Deletes sealed segments beyond the retention limits (bytes, then age). The active segment is
+    /// never deleted. Returns the base offsets of the deleted segments.
+    pub fn enforce_retention(&mut self) -> Result<Vec<u64>, StorageError> {
+        let now = (self.clock)();
+        let mut removed = Vec::new();
+        while self.segments.len() > 1 {
+            let total = self.size_bytes();
+            let oldest = &self.segments[0];
+            let over_bytes = self.config.retention_bytes.is_some_and(|max| total > max);
+            let over_age = self.config.retention_ms.is_some_and(|ms| {
+                oldest.max_timestamp_ms < now.saturating_sub(ms.min(i64::MAX as u64) as i64)
+            });
+            if !(over_bytes || over_age) {
+                break;
+            }
+            let oldest = self
+                .segments
+                .pop_front()
+                .expect("more than one segment");
+            self.flusher.forget_map(&dyn_map(&oldest.map));
+            self.io
+                .remove(&oldest.path)
+                .map_err(|e| StorageError::io("delete segment", &oldest.path, e))?;
+            let index = oldest.path.with_file_name(segment::index_name(oldest.base_offset));
+            if let Err(e) = self.io.remove(&index) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    return Err(StorageError::io("delete index", &index, e));
+                }
+            }
+            tracing::info!(dir = %self.dir.display(), base = oldest.base_offset, "retention deleted segment");
+            removed.push(oldest.base_offset);
+        }
+        Ok(removed)
+    }
+
+    /// Removes every record at or after `next_offset`. Fails if a reader still holds a slice of
+    /// the removed records. The cut is flushed before this returns.
+    pub fn truncate(&mut self, next_offset: u64) -> Result<(), StorageError> {
+        if next_offset >= self.next_offset {
+            return Ok(());
+        }
+        let earliest = self.earliest_offset();
+        if next_offset < earliest {
+            return Err(StorageError::OffsetOutOfRange {
+                requested: next_offset,
+                earliest,
+                next: self.next_offset,
+            });
+        }
+        let keep = self
+            .segments
+            .partition_point(|s| s.base_offset <= next_offset)
+            .max(1);
+        if self
+            .segments
+            .range(keep - 1..)
+            .any(|s| Arc::strong_count(&s.readers) > 1)
+        {
+            return Err(StorageError::ReadersActive {
+                offset: next_offset,
+            });
+        }
+        while self.segments.len() > keep {
+            let gone = self.segments.pop_back().expect("len > keep");
+            self.flusher.forget_map(&dyn_map(&gone.map));
+            for path in [
+                gone.path.clone(),
+                gone.path.with_file_name(segment::index_name(gone.base_offset)),
+            ] {
+                match self.io.remove(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(StorageError::io("delete", &path, e)),
+                }
+            }
+        }
+        let max = self.config.record_bytes_max;
+        let segment_bytes = self.config.segment_bytes;
+        let io = self.io.clone();
+        let segment = self.active();
+        let position = if next_offset == segment.next_offset {
+            segment.len
+        } else {
+            segment.position_of(next_offset, max).map_err(|source| StorageError::Corrupt {
+                offset: next_offset,
+                segment: segment.base_offset,
+                source,
+            })?
+        };
+        // A sealed segment's file was trimmed to its data; give it back its reservation before it
+        // takes appends again.
+        let path = segment.path.clone();
+        let map = Arc::new(
+            io.open(&path, Some(segment_bytes))
+                .map_err(|e| StorageError::io("reopen segment", &path, e))?,
+        );
+        let old = std::mem::replace(&mut segment.map, map);
+        let new_map = dyn_map(&segment.map);
+        segment
+            .cut(position, next_offset)
+            .map_err(|e| StorageError::io("cut segment", &path, e))?;
+        segment
+            .map
+            .flush()
+            .map_err(|e| StorageError::io("flush cut of", &path, e))?;
+        let index = path.with_file_name(segment::index_name(segment.base_offset));
+        match io.remove(&index) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StorageError::io("delete", &index, e)),
+        }
+        self.flusher.forget_map(&dyn_map(&old));
+        self.flusher.add_map(new_map, false);
+        self.flusher.truncated(next_offset);
+        self.next_offset = next_offset;
+        Ok(())
+    }
+
+    /// Flushes everything, writes the active segment's checkpoint and stops the flusher. A log that
+    /// is dropped without `close` loses nothing that was durable; the next open rescans its tail.
+    pub fn close(mut self) -> Result<(), StorageError> {
+        self.flush()?;
+        if let Some(h) = self.preparing.take() {
+            let _ = h.join();
+        }
+        let active = self.active();
+        let path = active.path.with_file_name(segment::index_name(active.base_offset));
+        let bytes = active.checkpoint().encode();
+        self.io
+            .write_file(&path, &bytes)
+            .map_err(|e| StorageError::io("write checkpoint", &path, e))?;
+        Ok(())
+    }
+}
+
+#[inline]
+fn read_archive_len(run: &[u8], position: usize) -> usize {
+    let mut b = [0u8; 4];
+    b.copy_from_slice(&run[position + 4..position + 8]);
+    u32::from_le_bytes(b) as usize
+}
