@@ -307,6 +307,6 @@ mod tests {
         let mut ix = index_of(40);
         ix.truncate_at(640);
         assert!(ix.entries().iter().all(|e| e.position < 640));
-        assert_eq!(ix.entries().last().unwrap().position, 576);
+        assert_eq!(ix.entries().last().unwrap().position, 512);
     }
 }
