@@ -35,7 +35,7 @@ pub use index::{Checkpoint, IndexEntry};
 pub use io::{Io, SegmentMap, SimIo};
 #[cfg(feature = "broker")]
 pub use io::{MmapIo, MmapSegment};
-pub use log::{Appended, Log, Slice};
+pub use log::{Appended, Clock, Log, Slice};
 pub use recovery::{RecoveryReport, Truncation, TruncationReason};
 
 use crate::record::RecordError;
