@@ -46,7 +46,8 @@ fn read_all<I: Io>(log: &Log<I>) -> Vec<(u64, Message)> {
         for r in Records::new(slice.bytes(), log.config().record_bytes_max) {
             let r = r.expect("served record passes its CRC");
             assert_eq!(r.offset(), offset);
-            let m = rkyv::deserialize::<Message, rkyv::rancor::Error>(r.message().unwrap()).unwrap();
+            let m =
+                rkyv::deserialize::<Message, rkyv::rancor::Error>(r.message().unwrap()).unwrap();
             out.push((offset, m));
             offset += 1;
         }
@@ -132,7 +133,11 @@ fn given_many_segments_when_seeking_by_offset_and_time_should_land_exactly() {
     for offset in [0, 1, 9, 10, 511, 1234, 1999] {
         let s = log.read(offset, 1).unwrap();
         assert_eq!(s.first_offset, offset);
-        assert_eq!(s.count(), 1, "at least one record even when max_bytes is tiny");
+        assert_eq!(
+            s.count(),
+            1,
+            "at least one record even when max_bytes is tiny"
+        );
         let r = Records::new(s.bytes(), 1 << 20).next().unwrap().unwrap();
         assert_eq!(r.offset(), offset);
     }
@@ -145,7 +150,11 @@ fn given_many_segments_when_seeking_by_offset_and_time_should_land_exactly() {
     assert_eq!(log.offset_at_time(i64::MAX).unwrap(), 2000);
     assert!(matches!(
         log.read(2001, 1),
-        Err(StorageError::OffsetOutOfRange { requested: 2001, earliest: 0, next: 2000 })
+        Err(StorageError::OffsetOutOfRange {
+            requested: 2001,
+            earliest: 0,
+            next: 2000
+        })
     ));
     assert!(log.read(2000, 1).unwrap().is_empty());
 }
@@ -182,7 +191,10 @@ fn given_segment_age_limit_when_time_passes_should_roll_and_retire_by_age() {
     let removed = log.enforce_retention().unwrap();
     assert_eq!(removed, vec![0, 1, 2, 3]);
     assert_eq!(log.earliest_offset(), 4);
-    assert!(matches!(log.read(0, 1), Err(StorageError::OffsetOutOfRange { earliest: 4, .. })));
+    assert!(matches!(
+        log.read(0, 1),
+        Err(StorageError::OffsetOutOfRange { earliest: 4, .. })
+    ));
 }
 
 #[test]
@@ -228,7 +240,11 @@ fn given_retention_when_a_reader_holds_a_slice_should_keep_the_slice_valid() {
     let held = log.read(0, 1 << 20).unwrap();
     let copy = held.bytes().to_vec();
     assert!(!log.enforce_retention().unwrap().is_empty());
-    assert_eq!(held.bytes(), &copy[..], "a deleted segment stays readable while held");
+    assert_eq!(
+        held.bytes(),
+        &copy[..],
+        "a deleted segment stays readable while held"
+    );
 }
 
 #[test]
@@ -239,7 +255,10 @@ fn given_truncation_when_appending_again_should_continue_from_the_cut() {
         log.append_message(&message(i, 700)).unwrap();
     }
     let held = log.read(300, 1).unwrap();
-    assert!(matches!(log.truncate(100), Err(StorageError::ReadersActive { offset: 100 })));
+    assert!(matches!(
+        log.truncate(100),
+        Err(StorageError::ReadersActive { offset: 100 })
+    ));
     drop(held);
     log.truncate(100).unwrap();
     assert_eq!(log.next_offset(), 100);
@@ -341,7 +360,12 @@ fn given_full_disk_when_rolling_should_fail_typed_and_keep_serving() {
     assert!(matches!(err, StorageError::NoSpace { .. }), "{err:?}");
     assert_eq!(read_all(&log).len() as u64, stored);
     io.set_space_left(None);
-    assert_eq!(log.append_message(&message(stored, 1000)).unwrap().base_offset, stored);
+    assert_eq!(
+        log.append_message(&message(stored, 1000))
+            .unwrap()
+            .base_offset,
+        stored
+    );
 }
 
 #[derive(Debug, Clone)]

@@ -457,15 +457,19 @@ pub fn check_produced(
 /// assert_eq!(buf.len() % record::RECORD_ALIGN, 0);
 /// ```
 pub fn encode(message: &Message, out: &mut Vec<u8>) -> Result<usize, RecordError> {
-    assert!(out.len() % RECORD_ALIGN == 0, "record buffer must stay aligned");
+    assert!(
+        out.len() % RECORD_ALIGN == 0,
+        "record buffer must stay aligned"
+    );
     let start = out.len();
     out.resize(start + HEADER_LEN, 0);
     let taken = std::mem::take(out);
-    let mut buf = rkyv::api::high::to_bytes_in::<_, rancor::Error>(message, taken).map_err(|e| {
-        RecordError::Encode {
-            reason: e.to_string(),
-        }
-    })?;
+    let mut buf =
+        rkyv::api::high::to_bytes_in::<_, rancor::Error>(message, taken).map_err(|e| {
+            RecordError::Encode {
+                reason: e.to_string(),
+            }
+        })?;
     let archive_len = buf.len() - start - HEADER_LEN;
     if archive_len == 0 || archive_len > ARCHIVE_LEN_MAX {
         buf.truncate(start);

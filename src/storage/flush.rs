@@ -221,11 +221,7 @@ impl Flusher {
             if st.durable >= next_offset {
                 return Ok(());
             }
-            st = self
-                .shared
-                .done
-                .wait(st)
-                .unwrap_or_else(|e| e.into_inner());
+            st = self.shared.done.wait(st).unwrap_or_else(|e| e.into_inner());
         }
     }
 
@@ -313,7 +309,9 @@ fn run(
             }
             st = match interval {
                 Some(i) => {
-                    let left = i.saturating_sub(last_flush.elapsed()).max(Duration::from_millis(1));
+                    let left = i
+                        .saturating_sub(last_flush.elapsed())
+                        .max(Duration::from_millis(1));
                     shared
                         .work
                         .wait_timeout(st, left)
@@ -357,8 +355,9 @@ fn run(
                 let durable = st.durable;
                 st.dirty
                     .retain(|d| d.sealed_at.is_none_or(|end| end > durable));
-                let (ready, later): (Vec<_>, Vec<_>) =
-                    std::mem::take(&mut st.after).into_iter().partition(|a| a.covers <= durable);
+                let (ready, later): (Vec<_>, Vec<_>) = std::mem::take(&mut st.after)
+                    .into_iter()
+                    .partition(|a| a.covers <= durable);
                 st.after = later;
                 // Checkpoints are small; write them outside the lock so waiters are not held up.
                 let woken = take_ready(&mut st, durable);

@@ -193,7 +193,9 @@ impl Checkpoint {
         if bytes.len() < CHECKPOINT_HEADER_LEN {
             return Err(Malformed("shorter than its header"));
         }
-        let u32_at = |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+        let u32_at = |at: usize| {
+            u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+        };
         let u64_at = |at: usize| {
             let mut b = [0u8; 8];
             b.copy_from_slice(&bytes[at..at + 8]);
@@ -219,7 +221,9 @@ impl Checkpoint {
             .map(|c| IndexEntry {
                 relative_offset: u32::from_le_bytes([c[0], c[1], c[2], c[3]]),
                 position: u32::from_le_bytes([c[4], c[5], c[6], c[7]]),
-                timestamp_ms: i64::from_le_bytes([c[8], c[9], c[10], c[11], c[12], c[13], c[14], c[15]]),
+                timestamp_ms: i64::from_le_bytes([
+                    c[8], c[9], c[10], c[11], c[12], c[13], c[14], c[15],
+                ]),
             })
             .collect();
         let ordered = entries.windows(2).all(|w| {

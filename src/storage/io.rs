@@ -86,7 +86,9 @@ pub trait SegmentMap: Send + Sync + 'static {
     /// # Safety
     /// The range was written (or read from disk) and nobody writes to it while the slice lives.
     unsafe fn slice(&self, position: usize, len: usize) -> &[u8] {
-        assert!(position.checked_add(len).is_some_and(|end| end <= self.len()));
+        assert!(position
+            .checked_add(len)
+            .is_some_and(|end| end <= self.len()));
         if len == 0 {
             return &[];
         }
@@ -129,7 +131,8 @@ mod mmap {
     }
 
     fn map(file: File, populate: bool) -> io::Result<MmapSegment> {
-        let len = usize::try_from(file.metadata()?.len()).map_err(|_| io::ErrorKind::InvalidData)?;
+        let len =
+            usize::try_from(file.metadata()?.len()).map_err(|_| io::ErrorKind::InvalidData)?;
         if len == 0 {
             return Ok(MmapSegment { file, map: None });
         }
@@ -254,7 +257,9 @@ mod mmap {
                 return Ok(());
             }
             let map = self.map.as_ref().expect("zero of an unmapped segment");
-            assert!(position.checked_add(len).is_some_and(|end| end <= map.len()));
+            assert!(position
+                .checked_add(len)
+                .is_some_and(|end| end <= map.len()));
             let (Ok(off), Ok(l)) = (libc::off_t::try_from(position), libc::off_t::try_from(len))
             else {
                 return Err(io::ErrorKind::InvalidInput.into());
@@ -262,8 +267,9 @@ mod mmap {
             // ZERO_RANGE keeps the blocks reserved and is a metadata operation on ext4/xfs; where
             // the file system does not support it, write the zeros through the mapping.
             // SAFETY: plain syscall on an fd we own.
-            let rc =
-                unsafe { libc::fallocate(self.file.as_raw_fd(), libc::FALLOC_FL_ZERO_RANGE, off, l) };
+            let rc = unsafe {
+                libc::fallocate(self.file.as_raw_fd(), libc::FALLOC_FL_ZERO_RANGE, off, l)
+            };
             if rc != 0 {
                 // SAFETY: in bounds (asserted); the caller guarantees no reader of the range.
                 unsafe { std::ptr::write_bytes(map.as_mut_ptr().add(position), 0, len) };
@@ -333,7 +339,9 @@ struct SimFileState {
 
 impl std::fmt::Debug for SimFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SimFile").field("len", &self.data.len()).finish()
+        f.debug_struct("SimFile")
+            .field("len", &self.data.len())
+            .finish()
     }
 }
 
@@ -481,7 +489,11 @@ impl Io for SimIo {
                 *left -= len as u64;
             }
         }
-        let f = Arc::new(SimFile::new(vec![0; len], self.fs.clone(), self.flushes.clone()));
+        let f = Arc::new(SimFile::new(
+            vec![0; len],
+            self.fs.clone(),
+            self.flushes.clone(),
+        ));
         lock(&self.fs).files.insert(path.to_owned(), f.clone());
         Ok(f)
     }
@@ -593,7 +605,9 @@ impl SegmentMap for Arc<SimFile> {
         let mut st = lock(&self.state);
         // SAFETY: in bounds (asserted); single writer by contract, and the flusher copies pages
         // only while holding `state`, which we hold.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.data[position].get(), data.len()) };
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), self.data[position].get(), data.len())
+        };
         if !data.is_empty() {
             let first = position / SIM_PAGE_BYTES;
             let last = (position + data.len() - 1) / SIM_PAGE_BYTES;
@@ -626,7 +640,9 @@ impl SegmentMap for Arc<SimFile> {
     }
 
     unsafe fn zero(&self, position: usize, len: usize) -> io::Result<()> {
-        assert!(position.checked_add(len).is_some_and(|end| end <= self.data.len()));
+        assert!(position
+            .checked_add(len)
+            .is_some_and(|end| end <= self.data.len()));
         // Like ZERO_RANGE: durable at once, in both images.
         let mut st = lock(&self.state);
         for i in position..position + len {

@@ -175,7 +175,9 @@ impl<I: Io> Log<I> {
 
     /// The first offset still stored.
     pub fn earliest_offset(&self) -> u64 {
-        self.segments.front().map_or(self.next_offset, |s| s.base_offset)
+        self.segments
+            .front()
+            .map_or(self.next_offset, |s| s.base_offset)
     }
 
     /// The offset the next record will get (the log end offset).
@@ -397,7 +399,9 @@ impl<I: Io> Log<I> {
         let checkpoint = old.checkpoint();
         let old_map = dyn_map(&old.map);
         let after = AfterFlush {
-            path: old.path.with_file_name(segment::index_name(old.base_offset)),
+            path: old
+                .path
+                .with_file_name(segment::index_name(old.base_offset)),
             bytes: checkpoint.encode(),
             trim: Some((old_map.clone(), old.len)),
             covers: old.next_offset,
@@ -501,11 +505,7 @@ impl<I: Io> Log<I> {
     pub fn offset_at_time(&self, timestamp_ms: i64) -> Result<u64, StorageError> {
         // Append times never decrease, so segments are ordered by time too: skip those whose
         // newest record is older, then look inside the first candidate.
-        let non_empty = self
-            .segments
-            .iter()
-            .take_while(|s| !s.is_empty())
-            .count();
+        let non_empty = self.segments.iter().take_while(|s| !s.is_empty()).count();
         let first = self
             .segments
             .range(..non_empty)
@@ -556,15 +556,14 @@ impl<I: Io> Log<I> {
             if !(over_bytes || over_age) {
                 break;
             }
-            let oldest = self
-                .segments
-                .pop_front()
-                .expect("more than one segment");
+            let oldest = self.segments.pop_front().expect("more than one segment");
             self.flusher.forget_map(&dyn_map(&oldest.map));
             self.io
                 .remove(&oldest.path)
                 .map_err(|e| StorageError::io("delete segment", &oldest.path, e))?;
-            let index = oldest.path.with_file_name(segment::index_name(oldest.base_offset));
+            let index = oldest
+                .path
+                .with_file_name(segment::index_name(oldest.base_offset));
             if let Err(e) = self.io.remove(&index) {
                 if e.kind() != std::io::ErrorKind::NotFound {
                     return Err(StorageError::io("delete index", &index, e));
@@ -608,7 +607,8 @@ impl<I: Io> Log<I> {
             self.flusher.forget_map(&dyn_map(&gone.map));
             for path in [
                 gone.path.clone(),
-                gone.path.with_file_name(segment::index_name(gone.base_offset)),
+                gone.path
+                    .with_file_name(segment::index_name(gone.base_offset)),
             ] {
                 match self.io.remove(&path) {
                     Ok(()) => {}
@@ -624,11 +624,13 @@ impl<I: Io> Log<I> {
         let position = if next_offset == segment.next_offset {
             segment.len
         } else {
-            segment.position_of(next_offset, max).map_err(|source| StorageError::Corrupt {
-                offset: next_offset,
-                segment: segment.base_offset,
-                source,
-            })?
+            segment
+                .position_of(next_offset, max)
+                .map_err(|source| StorageError::Corrupt {
+                    offset: next_offset,
+                    segment: segment.base_offset,
+                    source,
+                })?
         };
         // A sealed segment's file was trimmed to its data; give it back its reservation before it
         // takes appends again.
@@ -667,7 +669,9 @@ impl<I: Io> Log<I> {
             let _ = h.join();
         }
         let active = self.active();
-        let path = active.path.with_file_name(segment::index_name(active.base_offset));
+        let path = active
+            .path
+            .with_file_name(segment::index_name(active.base_offset));
         let bytes = active.checkpoint().encode();
         self.io
             .write_file(&path, &bytes)

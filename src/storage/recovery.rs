@@ -209,9 +209,7 @@ pub(crate) fn recover<I: Io>(
     config: &LogConfig,
 ) -> Result<Recovered<I::Map>, StorageError> {
     let mut report = RecoveryReport::default();
-    let names = io
-        .list(dir)
-        .map_err(|e| StorageError::io("list", dir, e))?;
+    let names = io.list(dir).map_err(|e| StorageError::io("list", dir, e))?;
     let mut bases: Vec<u64> = names
         .iter()
         .filter_map(|n| segment::parse_file_name(n))
@@ -280,10 +278,20 @@ pub(crate) fn recover<I: Io>(
         let rebuilt = start.is_none();
         let (position, offset, previous_ts, mut index) =
             start.unwrap_or((0, base, i64::MIN, SegmentIndex::new(interval)));
-        let s = scan(data, base, position, offset, previous_ts.max(last_ts), &mut index, max);
+        let s = scan(
+            data,
+            base,
+            position,
+            offset,
+            previous_ts.max(last_ts),
+            &mut index,
+            max,
+        );
         report.records_verified += s.records;
         let first_ts = if s.next_offset > base {
-            record::decode_header(data, 0, max).ok().map(|h| h.timestamp_ms)
+            record::decode_header(data, 0, max)
+                .ok()
+                .map(|h| h.timestamp_ms)
         } else {
             None
         };

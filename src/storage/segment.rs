@@ -81,9 +81,15 @@ impl<M: SegmentMap> Segment<M> {
     /// Copies already-stamped whole records to the end of the segment. The index entries for them
     /// were added by the caller while stamping.
     pub(crate) fn write(&mut self, run: &[u8], next_offset: u64, max_timestamp_ms: i64) {
-        assert!(run.len() <= self.remaining(), "segment written past its end");
+        assert!(
+            run.len() <= self.remaining(),
+            "segment written past its end"
+        );
         assert!(next_offset > self.next_offset, "offsets must increase");
-        assert!(max_timestamp_ms >= self.max_timestamp_ms, "timestamps must not decrease");
+        assert!(
+            max_timestamp_ms >= self.max_timestamp_ms,
+            "timestamps must not decrease"
+        );
         // SAFETY: one writer (we hold &mut self), and no slice covers bytes at or past `len`.
         unsafe { self.map.write(self.len, run) };
         self.len += run.len();
@@ -113,7 +119,10 @@ impl<M: SegmentMap> Segment<M> {
         assert!(offset >= self.base_offset && offset < self.next_offset);
         let relative = (offset - self.base_offset) as u32;
         let (mut position, mut at) = match self.index.floor_offset(relative) {
-            Some(e) => (e.position as usize, self.base_offset + e.relative_offset as u64),
+            Some(e) => (
+                e.position as usize,
+                self.base_offset + e.relative_offset as u64,
+            ),
             None => (0, self.base_offset),
         };
         let data = self.written();
@@ -164,7 +173,11 @@ impl<M: SegmentMap> Segment<M> {
     /// follows, so no stale record past the cut can ever be read or recovered.
     pub(crate) fn cut(&mut self, position: usize, next_offset: u64) -> std::io::Result<()> {
         assert!(position <= self.map.len() && position % record::RECORD_ALIGN == 0);
-        assert_eq!(Arc::strong_count(&self.readers), 1, "cut under a live reader");
+        assert_eq!(
+            Arc::strong_count(&self.readers),
+            1,
+            "cut under a live reader"
+        );
         // SAFETY: no reader holds a slice (checked above) and we are the only writer.
         unsafe { self.map.zero(position, self.map.len() - position)? };
         self.len = position;
