@@ -30,6 +30,11 @@ use std::time::{Duration, Instant};
 
 use super::io::SegmentMap;
 
+/// Makes a directory's entries durable (`Io::sync_dir`).
+pub(crate) type SyncDirFn = Box<dyn Fn(&std::path::Path) -> io::Result<()> + Send>;
+/// Replaces a small metadata file (`Io::write_file`).
+pub(crate) type WriteFileFn = Box<dyn Fn(&std::path::Path, &[u8]) -> io::Result<()> + Send>;
+
 /// Work that must follow a flush: written once the segment's bytes are durable (a checkpoint
 /// describes durable data only), then the segment file is trimmed.
 pub(crate) struct AfterFlush {
@@ -104,8 +109,8 @@ impl Flusher {
         dir: PathBuf,
         next_offset: u64,
         interval: Option<Duration>,
-        sync_dir: Box<dyn Fn(&std::path::Path) -> io::Result<()> + Send>,
-        write_file: Box<dyn Fn(&std::path::Path, &[u8]) -> io::Result<()> + Send>,
+        sync_dir: SyncDirFn,
+        write_file: WriteFileFn,
     ) -> io::Result<Flusher> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {

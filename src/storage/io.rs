@@ -439,9 +439,10 @@ impl SimIo {
                     continue;
                 }
                 if let Some(n) = keep(page) {
-                    for i in start..(start + n).min(end) {
+                    let kept = start..(start + n).min(end);
+                    for (byte, cell) in image[kept.clone()].iter_mut().zip(&f.data[kept]) {
                         // SAFETY: test inspection; the writer is stopped.
-                        image[i] = unsafe { *f.data[i].get() };
+                        *byte = unsafe { *cell.get() };
                     }
                 }
             }
