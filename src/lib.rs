@@ -4,9 +4,10 @@
 //! # Architecture
 //!
 //! ```text
-//!   record   the unit of data: a 32-byte header + one rkyv archive, identical on wire and disk
+//!   protocol  sans-IO frames: requests, responses, error codes (no sockets, no runtime)
+//!   record    the unit of data: a 32-byte header + one rkyv archive, identical on wire and disk
 //!     │
-//!   storage  partition logs: memory-mapped segments, sparse indexes, group commit, recovery
+//!   storage   partition logs: memory-mapped segments, sparse indexes, group commit, recovery
 //! ```
 //!
 //! Dependencies point one way, downwards in the picture: `record` imports nothing of Levee and no
@@ -18,6 +19,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+pub mod protocol;
 pub mod record;
 #[cfg(feature = "broker")]
 pub mod storage;

@@ -1,0 +1,773 @@
+//! Request and response bodies: decode on the receiving side, encode on the sending side.
+//!
+//! Record runs are never copied by the codec: a decoded Produce request or Fetch response holds the
+//! byte range of each run inside the frame (16-byte aligned from the frame start), and a Fetch
+//! response is encoded as headers with holes where the server splices the runs straight from the
+//! segment mappings.
+
+use std::ops::Range;
+
+use super::wire::{Reader, Writer};
+use super::{
+    begin_request, begin_response, finish_frame, request_header, response_header, ApiKey,
+    DecodeError, ErrorCode, RequestHeader, ResponseHeader, HEADER_LEN,
+};
+
+/// What a producer waits for before a send counts as done (CONTRACT.md, "Durability").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Acks {
+    /// No response at all: fire and forget.
+    None = 0,
+    /// Acknowledged once the records are in the mapped segment (survives a broker crash).
+    Written = 1,
+    /// Acknowledged once a flush covering the records completed (survives power loss).
+    Durable = 2,
+}
+
+impl Acks {
+    fn from_u8(v: u8, position: usize) -> Result<Acks, DecodeError> {
+        match v {
+            0 => Ok(Acks::None),
+            1 => Ok(Acks::Written),
+            2 => Ok(Acks::Durable),
+            _ => Err(DecodeError::Invalid {
+                position,
+                what: "acks is not 0, 1 or 2",
+            }),
+        }
+    }
+}
+
+/// Where a ListOffsets lookup points.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffsetSpec {
+    /// The first offset still stored.
+    Earliest,
+    /// The offset the next record will get.
+    Latest,
+    /// The first offset appended at or after this time (ms since the epoch); `Latest` if none.
+    Timestamp(i64),
+}
+
+/// Topic settings carried by CreateTopic and DescribeTopic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicConfig {
+    /// Number of partitions.
+    pub partitions: u32,
+    /// Retention by bytes per partition; `None` is unlimited.
+    pub retention_bytes: Option<u64>,
+    /// Retention by age in ms; `None` is unlimited.
+    pub retention_ms: Option<u64>,
+}
+
+/// One partition's batch in a Produce request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProduceBlock {
+    /// Topic name.
+    pub topic: String,
+    /// Partition number.
+    pub partition: u32,
+    /// Byte range of the record run inside the request frame.
+    pub run: Range<usize>,
+}
+
+/// A Produce request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProduceRequest {
+    /// What to wait for before answering.
+    pub acks: Acks,
+    /// How long the broker may wait for `Durable` before answering `Timeout`.
+    pub timeout_ms: u32,
+    /// The batches.
+    pub blocks: Vec<ProduceBlock>,
+}
+
+/// One partition read in a Fetch request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchBlock {
+    /// Topic name.
+    pub topic: String,
+    /// Partition number.
+    pub partition: u32,
+    /// First offset wanted.
+    pub offset: u64,
+    /// Most bytes of records wanted from this partition (at least one record is returned).
+    pub max_bytes: u32,
+}
+
+/// A Fetch request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchRequest {
+    /// How long to wait for `min_bytes` to arrive.
+    pub max_wait_ms: u32,
+    /// Answer as soon as this many bytes are available across the blocks.
+    pub min_bytes: u32,
+    /// Most bytes of records in the whole response.
+    pub max_bytes: u32,
+    /// The partitions to read.
+    pub blocks: Vec<FetchBlock>,
+}
+
+/// One lookup of a ListOffsets request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListOffsetsBlock {
+    /// Topic name.
+    pub topic: String,
+    /// Partition number.
+    pub partition: u32,
+    /// What to look up.
+    pub spec: OffsetSpec,
+}
+
+/// A decoded request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Handshake.
+    ApiVersions {
+        /// Free-form client name, for logs.
+        client_id: String,
+    },
+    /// Topic and partition ownership; empty `topics` means all.
+    Metadata {
+        /// Topics asked about.
+        topics: Vec<String>,
+    },
+    /// Creates a topic.
+    CreateTopic {
+        /// Name.
+        name: String,
+        /// Settings.
+        config: TopicConfig,
+    },
+    /// Deletes a topic.
+    DeleteTopic {
+        /// Name.
+        name: String,
+    },
+    /// Changes a topic. `None` leaves a setting as it is; for retention, `u64::MAX` means
+    /// unlimited.
+    AlterTopic {
+        /// Name.
+        name: String,
+        /// New partition count (may only grow).
+        partitions: Option<u32>,
+        /// New retention by bytes.
+        retention_bytes: Option<u64>,
+        /// New retention by age.
+        retention_ms: Option<u64>,
+    },
+    /// All topics.
+    ListTopics,
+    /// One topic in detail.
+    DescribeTopic {
+        /// Name.
+        name: String,
+    },
+    /// Appends batches.
+    Produce(ProduceRequest),
+    /// Reads records.
+    Fetch(FetchRequest),
+    /// Looks up offsets.
+    ListOffsets(Vec<ListOffsetsBlock>),
+}
+
+// Smallest encodings, used to bound array counts before allocating.
+const MIN_STR: usize = 2;
+const MIN_PRODUCE_BLOCK: usize = MIN_STR + 4 + 4;
+const MIN_FETCH_BLOCK: usize = MIN_STR + 4 + 8 + 4;
+const MIN_LIST_OFFSETS_BLOCK: usize = MIN_STR + 4 + 1 + 8;
+
+fn partitions_u32(v: Option<u64>, position: usize) -> Result<Option<u32>, DecodeError> {
+    v.map(|p| {
+        u32::try_from(p).map_err(|_| DecodeError::Invalid {
+            position,
+            what: "partition count does not fit in u32",
+        })
+    })
+    .transpose()
+}
+
+/// Decodes a whole request frame (as delimited by [`super::frame_len`]).
+pub fn decode_request(frame: &[u8]) -> Result<(RequestHeader, Request), DecodeError> {
+    let header = request_header(frame)?;
+    let key = ApiKey::from_u16(header.api_key).ok_or(DecodeError::UnknownApiKey(header.api_key))?;
+    let (min, max) = key.versions();
+    if header.api_version < min || header.api_version > max {
+        return Err(DecodeError::UnsupportedVersion {
+            key,
+            version: header.api_version,
+        });
+    }
+    let mut r = Reader::new(frame, HEADER_LEN);
+    let request = match key {
+        ApiKey::ApiVersions => Request::ApiVersions {
+            client_id: r.string()?,
+        },
+        ApiKey::Metadata => {
+            let n = r.count(MIN_STR)?;
+            let mut topics = Vec::with_capacity(n);
+            for _ in 0..n {
+                topics.push(r.string()?);
+            }
+            Request::Metadata { topics }
+        }
+        ApiKey::CreateTopic => Request::CreateTopic {
+            name: r.string()?,
+            config: TopicConfig {
+                partitions: r.u32()?,
+                retention_bytes: r.opt_u64()?,
+                retention_ms: r.opt_u64()?,
+            },
+        },
+        ApiKey::DeleteTopic => Request::DeleteTopic { name: r.string()? },
+        ApiKey::AlterTopic => {
+            let name = r.string()?;
+            let at = r.position();
+            Request::AlterTopic {
+                name,
+                partitions: partitions_u32(r.opt_u64()?, at)?,
+                retention_bytes: r.opt_u64()?,
+                retention_ms: r.opt_u64()?,
+            }
+        }
+        ApiKey::ListTopics => Request::ListTopics,
+        ApiKey::DescribeTopic => Request::DescribeTopic { name: r.string()? },
+        ApiKey::Produce => {
+            let at = r.position();
+            let acks = Acks::from_u8(r.u8()?, at)?;
+            let timeout_ms = r.u32()?;
+            let n = r.count(MIN_PRODUCE_BLOCK)?;
+            let mut blocks = Vec::with_capacity(n);
+            for _ in 0..n {
+                blocks.push(ProduceBlock {
+                    topic: r.string()?,
+                    partition: r.u32()?,
+                    run: r.run()?,
+                });
+            }
+            Request::Produce(ProduceRequest {
+                acks,
+                timeout_ms,
+                blocks,
+            })
+        }
+        ApiKey::Fetch => {
+            let max_wait_ms = r.u32()?;
+            let min_bytes = r.u32()?;
+            let max_bytes = r.u32()?;
+            let n = r.count(MIN_FETCH_BLOCK)?;
+            let mut blocks = Vec::with_capacity(n);
+            for _ in 0..n {
+                blocks.push(FetchBlock {
+                    topic: r.string()?,
+                    partition: r.u32()?,
+                    offset: r.u64()?,
+                    max_bytes: r.u32()?,
+                });
+            }
+            Request::Fetch(FetchRequest {
+                max_wait_ms,
+                min_bytes,
+                max_bytes,
+                blocks,
+            })
+        }
+        ApiKey::ListOffsets => {
+            let n = r.count(MIN_LIST_OFFSETS_BLOCK)?;
+            let mut blocks = Vec::with_capacity(n);
+            for _ in 0..n {
+                let topic = r.string()?;
+                let partition = r.u32()?;
+                let at = r.position();
+                let kind = r.u8()?;
+                let ts = r.i64()?;
+                let spec = match kind {
+                    0 => OffsetSpec::Earliest,
+                    1 => OffsetSpec::Latest,
+                    2 => OffsetSpec::Timestamp(ts),
+                    _ => {
+                        return Err(DecodeError::Invalid {
+                            position: at,
+                            what: "offset spec is not 0, 1 or 2",
+                        })
+                    }
+                };
+                blocks.push(ListOffsetsBlock {
+                    topic,
+                    partition,
+                    spec,
+                });
+            }
+            Request::ListOffsets(blocks)
+        }
+    };
+    r.finish()?;
+    Ok((header, request))
+}
+
+impl Request {
+    /// The request's api key.
+    pub fn api_key(&self) -> ApiKey {
+        match self {
+            Request::ApiVersions { .. } => ApiKey::ApiVersions,
+            Request::Metadata { .. } => ApiKey::Metadata,
+            Request::CreateTopic { .. } => ApiKey::CreateTopic,
+            Request::DeleteTopic { .. } => ApiKey::DeleteTopic,
+            Request::AlterTopic { .. } => ApiKey::AlterTopic,
+            Request::ListTopics => ApiKey::ListTopics,
+            Request::DescribeTopic { .. } => ApiKey::DescribeTopic,
+            Request::Produce(_) => ApiKey::Produce,
+            Request::Fetch(_) => ApiKey::Fetch,
+            Request::ListOffsets(_) => ApiKey::ListOffsets,
+        }
+    }
+}
+
+/// Encodes a request other than Produce (see [`encode_produce`]) as a whole frame into `out`.
+pub fn encode_request(out: &mut Vec<u8>, correlation_id: u32, request: &Request) {
+    begin_request(out, request.api_key(), correlation_id);
+    let mut w = Writer::new(out);
+    match request {
+        Request::ApiVersions { client_id } => w.str(client_id),
+        Request::Metadata { topics } => {
+            w.count(topics.len());
+            for t in topics {
+                w.str(t);
+            }
+        }
+        Request::CreateTopic { name, config } => {
+            w.str(name);
+            w.u32(config.partitions);
+            w.opt_u64(config.retention_bytes);
+            w.opt_u64(config.retention_ms);
+        }
+        Request::DeleteTopic { name } | Request::DescribeTopic { name } => w.str(name),
+        Request::AlterTopic {
+            name,
+            partitions,
+            retention_bytes,
+            retention_ms,
+        } => {
+            w.str(name);
+            w.opt_u64(partitions.map(u64::from));
+            w.opt_u64(*retention_bytes);
+            w.opt_u64(*retention_ms);
+        }
+        Request::ListTopics => {}
+        Request::Produce(_) => panic!("Produce requests are encoded with encode_produce"),
+        Request::Fetch(f) => {
+            w.u32(f.max_wait_ms);
+            w.u32(f.min_bytes);
+            w.u32(f.max_bytes);
+            w.count(f.blocks.len());
+            for b in &f.blocks {
+                w.str(&b.topic);
+                w.u32(b.partition);
+                w.u64(b.offset);
+                w.u32(b.max_bytes);
+            }
+        }
+        Request::ListOffsets(blocks) => {
+            w.count(blocks.len());
+            for b in blocks {
+                w.str(&b.topic);
+                w.u32(b.partition);
+                let (kind, ts) = match b.spec {
+                    OffsetSpec::Earliest => (0, 0),
+                    OffsetSpec::Latest => (1, 0),
+                    OffsetSpec::Timestamp(t) => (2, t),
+                };
+                w.u8(kind);
+                w.i64(ts);
+            }
+        }
+    }
+    finish_frame(out, 0);
+}
+
+/// Encodes a Produce request: `blocks` are `(topic, partition, run)` where each run is whole
+/// records as built by [`crate::record::encode`].
+pub fn encode_produce(
+    out: &mut Vec<u8>,
+    correlation_id: u32,
+    acks: Acks,
+    timeout_ms: u32,
+    blocks: &[(&str, u32, &[u8])],
+) {
+    begin_request(out, ApiKey::Produce, correlation_id);
+    let mut w = Writer::new(out);
+    w.u8(acks as u8);
+    w.u32(timeout_ms);
+    w.count(blocks.len());
+    for (topic, partition, run) in blocks {
+        w.str(topic);
+        w.u32(*partition);
+        w.run(run);
+    }
+    finish_frame(out, 0);
+}
+
+/// A shard's listener, as advertised in Metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardAddr {
+    /// Shard number.
+    pub shard: u16,
+    /// Host to connect to.
+    pub host: String,
+    /// Port to connect to.
+    pub port: u16,
+}
+
+/// One topic in a Metadata response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicMetadata {
+    /// Name.
+    pub name: String,
+    /// `UnknownTopic` for a topic asked about that does not exist.
+    pub error: ErrorCode,
+    /// `(partition, owning shard)`.
+    pub partitions: Vec<(u32, u16)>,
+}
+
+/// One partition in a DescribeTopic response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionDescription {
+    /// Partition number.
+    pub partition: u32,
+    /// Owning shard.
+    pub shard: u16,
+    /// First offset stored.
+    pub earliest: u64,
+    /// Offset of the next record.
+    pub next: u64,
+    /// Every offset below this is durable.
+    pub durable: u64,
+    /// Bytes of records stored.
+    pub size_bytes: u64,
+}
+
+/// One partition's outcome in a Produce response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProduceResult {
+    /// Topic name.
+    pub topic: String,
+    /// Partition number.
+    pub partition: u32,
+    /// Outcome.
+    pub error: ErrorCode,
+    /// Offset of the batch's first record (when `error` is `None`).
+    pub base_offset: u64,
+    /// Append time stamped on the batch.
+    pub timestamp_ms: i64,
+}
+
+/// One partition's records in a Fetch response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchResult {
+    /// Topic name.
+    pub topic: String,
+    /// Partition number.
+    pub partition: u32,
+    /// Outcome; `OffsetOutOfRange` comes with `earliest` and `next` filled in.
+    pub error: ErrorCode,
+    /// First offset stored.
+    pub earliest: u64,
+    /// Offset of the next record to be appended.
+    pub next: u64,
+    /// Byte range of the record run inside the response frame (decode side), or its length
+    /// as `0..len` (encode side).
+    pub run: Range<usize>,
+}
+
+/// One lookup's outcome in a ListOffsets response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListOffsetsResult {
+    /// Topic name.
+    pub topic: String,
+    /// Partition number.
+    pub partition: u32,
+    /// Outcome.
+    pub error: ErrorCode,
+    /// The offset found.
+    pub offset: u64,
+}
+
+/// A decoded response body (the top-level error code is in the header).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    /// Supported `(api_key, min_version, max_version)` and the broker's version string.
+    ApiVersions {
+        /// Supported versions.
+        apis: Vec<(u16, u16, u16)>,
+        /// Broker name and version.
+        broker: String,
+    },
+    /// Shards and topics.
+    Metadata {
+        /// Every shard's listener.
+        shards: Vec<ShardAddr>,
+        /// Topics asked about.
+        topics: Vec<TopicMetadata>,
+    },
+    /// CreateTopic, DeleteTopic and AlterTopic succeed with no body.
+    Done,
+    /// `(name, partitions)` of every topic.
+    ListTopics(Vec<(String, u32)>),
+    /// One topic.
+    DescribeTopic {
+        /// Name.
+        name: String,
+        /// Settings.
+        config: TopicConfig,
+        /// Partitions.
+        partitions: Vec<PartitionDescription>,
+    },
+    /// Produce outcomes.
+    Produce(Vec<ProduceResult>),
+    /// Fetched records.
+    Fetch(Vec<FetchResult>),
+    /// Offsets.
+    ListOffsets(Vec<ListOffsetsResult>),
+}
+
+/// Encodes a successful response other than Fetch (see [`encode_fetch_response`]).
+pub fn encode_response(out: &mut Vec<u8>, key: ApiKey, correlation_id: u32, response: &Response) {
+    begin_response(out, key as u16, ErrorCode::None, correlation_id);
+    let mut w = Writer::new(out);
+    match response {
+        Response::ApiVersions { apis, broker } => {
+            w.count(apis.len());
+            for (k, min, max) in apis {
+                w.u16(*k);
+                w.u16(*min);
+                w.u16(*max);
+            }
+            w.str(broker);
+        }
+        Response::Metadata { shards, topics } => {
+            w.count(shards.len());
+            for s in shards {
+                w.u16(s.shard);
+                w.str(&s.host);
+                w.u16(s.port);
+            }
+            w.count(topics.len());
+            for t in topics {
+                w.str(&t.name);
+                w.u16(t.error as u16);
+                w.count(t.partitions.len());
+                for (p, s) in &t.partitions {
+                    w.u32(*p);
+                    w.u16(*s);
+                }
+            }
+        }
+        Response::Done => {}
+        Response::ListTopics(topics) => {
+            w.count(topics.len());
+            for (name, partitions) in topics {
+                w.str(name);
+                w.u32(*partitions);
+            }
+        }
+        Response::DescribeTopic {
+            name,
+            config,
+            partitions,
+        } => {
+            w.str(name);
+            w.u32(config.partitions);
+            w.opt_u64(config.retention_bytes);
+            w.opt_u64(config.retention_ms);
+            w.count(partitions.len());
+            for p in partitions {
+                w.u32(p.partition);
+                w.u16(p.shard);
+                w.u64(p.earliest);
+                w.u64(p.next);
+                w.u64(p.durable);
+                w.u64(p.size_bytes);
+            }
+        }
+        Response::Produce(results) => {
+            w.count(results.len());
+            for r in results {
+                w.str(&r.topic);
+                w.u32(r.partition);
+                w.u16(r.error as u16);
+                w.u64(r.base_offset);
+                w.i64(r.timestamp_ms);
+            }
+        }
+        Response::Fetch(_) => panic!("Fetch responses are encoded with encode_fetch_response"),
+        Response::ListOffsets(results) => {
+            w.count(results.len());
+            for r in results {
+                w.str(&r.topic);
+                w.u32(r.partition);
+                w.u16(r.error as u16);
+                w.u64(r.offset);
+            }
+        }
+    }
+    finish_frame(out, 0);
+}
+
+/// Encodes a Fetch response without its record runs: `out` receives the headers, and the returned
+/// positions say where in `out` each block's run (of length `results[i].run.len()`) goes on the
+/// wire. The sender writes `out[..p0]`, run 0, `out[p0..p1]`, run 1, …, `out[pn..]`.
+pub fn encode_fetch_response(
+    out: &mut Vec<u8>,
+    correlation_id: u32,
+    results: &[FetchResult],
+) -> Vec<usize> {
+    begin_response(out, ApiKey::Fetch as u16, ErrorCode::None, correlation_id);
+    let mut splits = Vec::with_capacity(results.len());
+    let mut runs = 0;
+    let mut w = Writer::new(out);
+    w.count(results.len());
+    for r in results {
+        w.str(&r.topic);
+        w.u32(r.partition);
+        w.u16(r.error as u16);
+        w.u64(r.earliest);
+        w.u64(r.next);
+        // Runs are multiples of 16, so leaving them out does not change any padding.
+        w.run_header(r.run.len());
+        splits.push(w.len());
+        runs += r.run.len();
+    }
+    finish_frame(out, runs);
+    splits
+}
+
+/// Decodes a whole response frame to an api's body. Error responses decode to their header only:
+/// check `header.error_code` first, and read the message with [`super::error_message`].
+pub fn decode_response(frame: &[u8]) -> Result<(ResponseHeader, Option<Response>), DecodeError> {
+    let header = response_header(frame)?;
+    if header.error_code != ErrorCode::None {
+        return Ok((header, None));
+    }
+    let key = ApiKey::from_u16(header.api_key).ok_or(DecodeError::UnknownApiKey(header.api_key))?;
+    let mut r = Reader::new(frame, HEADER_LEN);
+    let response = match key {
+        ApiKey::ApiVersions => {
+            let n = r.count(6)?;
+            let mut apis = Vec::with_capacity(n);
+            for _ in 0..n {
+                apis.push((r.u16()?, r.u16()?, r.u16()?));
+            }
+            Response::ApiVersions {
+                apis,
+                broker: r.string()?,
+            }
+        }
+        ApiKey::Metadata => {
+            let n = r.count(2 + MIN_STR + 2)?;
+            let mut shards = Vec::with_capacity(n);
+            for _ in 0..n {
+                shards.push(ShardAddr {
+                    shard: r.u16()?,
+                    host: r.string()?,
+                    port: r.u16()?,
+                });
+            }
+            let n = r.count(MIN_STR + 2 + 4)?;
+            let mut topics = Vec::with_capacity(n);
+            for _ in 0..n {
+                let name = r.string()?;
+                let error = ErrorCode::from_u16(r.u16()?);
+                let m = r.count(6)?;
+                let mut partitions = Vec::with_capacity(m);
+                for _ in 0..m {
+                    partitions.push((r.u32()?, r.u16()?));
+                }
+                topics.push(TopicMetadata {
+                    name,
+                    error,
+                    partitions,
+                });
+            }
+            Response::Metadata { shards, topics }
+        }
+        ApiKey::CreateTopic | ApiKey::DeleteTopic | ApiKey::AlterTopic => Response::Done,
+        ApiKey::ListTopics => {
+            let n = r.count(MIN_STR + 4)?;
+            let mut topics = Vec::with_capacity(n);
+            for _ in 0..n {
+                topics.push((r.string()?, r.u32()?));
+            }
+            Response::ListTopics(topics)
+        }
+        ApiKey::DescribeTopic => {
+            let name = r.string()?;
+            let config = TopicConfig {
+                partitions: r.u32()?,
+                retention_bytes: r.opt_u64()?,
+                retention_ms: r.opt_u64()?,
+            };
+            let n = r.count(4 + 2 + 32)?;
+            let mut partitions = Vec::with_capacity(n);
+            for _ in 0..n {
+                partitions.push(PartitionDescription {
+                    partition: r.u32()?,
+                    shard: r.u16()?,
+                    earliest: r.u64()?,
+                    next: r.u64()?,
+                    durable: r.u64()?,
+                    size_bytes: r.u64()?,
+                });
+            }
+            Response::DescribeTopic {
+                name,
+                config,
+                partitions,
+            }
+        }
+        ApiKey::Produce => {
+            let n = r.count(MIN_STR + 4 + 2 + 16)?;
+            let mut results = Vec::with_capacity(n);
+            for _ in 0..n {
+                results.push(ProduceResult {
+                    topic: r.string()?,
+                    partition: r.u32()?,
+                    error: ErrorCode::from_u16(r.u16()?),
+                    base_offset: r.u64()?,
+                    timestamp_ms: r.i64()?,
+                });
+            }
+            Response::Produce(results)
+        }
+        ApiKey::Fetch => {
+            let n = r.count(MIN_STR + 4 + 2 + 16 + 4)?;
+            let mut results = Vec::with_capacity(n);
+            for _ in 0..n {
+                results.push(FetchResult {
+                    topic: r.string()?,
+                    partition: r.u32()?,
+                    error: ErrorCode::from_u16(r.u16()?),
+                    earliest: r.u64()?,
+                    next: r.u64()?,
+                    run: r.run()?,
+                });
+            }
+            Response::Fetch(results)
+        }
+        ApiKey::ListOffsets => {
+            let n = r.count(MIN_STR + 4 + 2 + 8)?;
+            let mut results = Vec::with_capacity(n);
+            for _ in 0..n {
+                results.push(ListOffsetsResult {
+                    topic: r.string()?,
+                    partition: r.u32()?,
+                    error: ErrorCode::from_u16(r.u16()?),
+                    offset: r.u64()?,
+                });
+            }
+            Response::ListOffsets(results)
+        }
+    };
+    r.finish()?;
+    Ok((header, Some(response)))
+}

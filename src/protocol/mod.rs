@@ -1,0 +1,367 @@
+//! The binary protocol, sans-IO: bytes in, frames out, and back. No sockets, no runtime.
+//!
+//! Every request and response is one length-prefixed frame with a 16-byte header:
+//!
+//! ```text
+//! request:   [size u32][api_key u16][api_version u16][correlation_id u32][reserved u32 = 0][body]
+//! response:  [size u32][api_key u16][error_code  u16][correlation_id u32][reserved u32 = 0][body]
+//! ```
+//! `size` counts the bytes after itself (12 + body). All integers are little-endian. Many requests
+//! may be in flight on one connection; responses carry the request's correlation id and may come
+//! back in any order. docs/protocol.md draws every body byte by byte.
+//!
+//! Limits are checked before anything is allocated: a frame larger than [`FRAME_SIZE_MAX`] is
+//! rejected from its first four bytes, array counts are checked against the bytes that remain, and
+//! record runs are sliced out of the frame rather than copied.
+//!
+//! This module owns the wire format. It must not import storage, glommio or std::net.
+
+mod messages;
+pub mod wire;
+
+pub use messages::*;
+
+/// Bytes of the request and response headers, size field included.
+pub const HEADER_LEN: usize = 16;
+/// Default maximum frame size, size field included (the server's `frame_bytes_max` may lower it).
+pub const FRAME_SIZE_MAX: usize = 64 << 20;
+/// Longest topic name.
+pub const TOPIC_NAME_LEN_MAX: usize = 249;
+
+const _: () = assert!(HEADER_LEN % crate::record::RECORD_ALIGN == 0);
+
+/// Request types. The value is the `api_key` on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum ApiKey {
+    /// Handshake: which versions of which requests the broker speaks.
+    ApiVersions = 0,
+    /// Topics, partitions, and the shard (and its address) that owns each partition.
+    Metadata = 1,
+    /// Creates a topic.
+    CreateTopic = 2,
+    /// Deletes a topic and its data.
+    DeleteTopic = 3,
+    /// Changes a topic's partition count (up only) or retention.
+    AlterTopic = 4,
+    /// Names and partition counts of all topics.
+    ListTopics = 5,
+    /// A topic's configuration and its partitions' offsets.
+    DescribeTopic = 6,
+    /// Appends record batches.
+    Produce = 7,
+    /// Reads records, with long-poll.
+    Fetch = 8,
+    /// Earliest, latest, or by-timestamp offsets.
+    ListOffsets = 9,
+}
+
+impl ApiKey {
+    /// Every api key, in wire order.
+    pub const ALL: [ApiKey; 10] = [
+        ApiKey::ApiVersions,
+        ApiKey::Metadata,
+        ApiKey::CreateTopic,
+        ApiKey::DeleteTopic,
+        ApiKey::AlterTopic,
+        ApiKey::ListTopics,
+        ApiKey::DescribeTopic,
+        ApiKey::Produce,
+        ApiKey::Fetch,
+        ApiKey::ListOffsets,
+    ];
+
+    /// The key for a wire value.
+    pub fn from_u16(v: u16) -> Option<ApiKey> {
+        ApiKey::ALL.get(v as usize).copied()
+    }
+
+    /// Versions of this request the broker supports: `(min, max)`.
+    pub fn versions(self) -> (u16, u16) {
+        (0, 0)
+    }
+}
+
+/// The error code carried by every response (top-level) and by each partition block of Produce,
+/// Fetch and ListOffsets responses. Stable wire values: never renumber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum ErrorCode {
+    /// Success.
+    None = 0,
+    /// An unexpected server error; the message says more.
+    Internal = 1,
+    /// The request could not be decoded.
+    InvalidRequest = 2,
+    /// The api key is unknown.
+    UnknownApiKey = 3,
+    /// The api version is not supported (see ApiVersions).
+    UnsupportedVersion = 4,
+    /// The frame is larger than the broker accepts.
+    FrameTooLarge = 5,
+    /// A record failed its CRC or structural checks; nothing of its batch was stored.
+    CorruptRecord = 6,
+    /// A record is larger than `record_bytes_max`, or a batch larger than a segment.
+    RecordTooLarge = 7,
+    /// The topic does not exist.
+    UnknownTopic = 8,
+    /// The partition does not exist.
+    UnknownPartition = 9,
+    /// The offset is outside the log; the block carries the earliest and latest offsets.
+    OffsetOutOfRange = 10,
+    /// The topic already exists.
+    TopicAlreadyExists = 11,
+    /// The topic name is not valid.
+    InvalidTopicName = 12,
+    /// A configuration value is not valid (partitions, retention).
+    InvalidConfig = 13,
+    /// The disk is full; nothing was stored. Retriable.
+    StorageFull = 14,
+    /// The partition's log is read-only after a flush failure.
+    StorageFailed = 15,
+    /// The request did not complete in time (e.g. a durable ack). Retriable.
+    Timeout = 16,
+    /// The broker is shutting down. Retriable against the restarted broker.
+    ShuttingDown = 17,
+    /// The broker cannot take more of this right now (connections, queue). Retriable.
+    Busy = 18,
+}
+
+impl ErrorCode {
+    /// The code for a wire value; unknown values map to `Internal`.
+    pub fn from_u16(v: u16) -> ErrorCode {
+        use ErrorCode::*;
+        [
+            None,
+            Internal,
+            InvalidRequest,
+            UnknownApiKey,
+            UnsupportedVersion,
+            FrameTooLarge,
+            CorruptRecord,
+            RecordTooLarge,
+            UnknownTopic,
+            UnknownPartition,
+            OffsetOutOfRange,
+            TopicAlreadyExists,
+            InvalidTopicName,
+            InvalidConfig,
+            StorageFull,
+            StorageFailed,
+            Timeout,
+            ShuttingDown,
+            Busy,
+        ]
+        .get(v as usize)
+        .copied()
+        .unwrap_or(Internal)
+    }
+
+    /// True when retrying the same request later may succeed.
+    pub fn is_retriable(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::StorageFull | ErrorCode::Timeout | ErrorCode::ShuttingDown | ErrorCode::Busy
+        )
+    }
+}
+
+/// Why bytes are not a valid frame or body.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The frame claims more than the maximum frame size.
+    #[error("frame of {size} bytes exceeds the maximum of {max}")]
+    FrameTooLarge {
+        /// Claimed frame size, size field included.
+        size: u64,
+        /// The limit.
+        max: usize,
+    },
+    /// The frame claims less than a header.
+    #[error("frame of {size} bytes is shorter than its header")]
+    FrameTooShort {
+        /// Claimed frame size, size field included.
+        size: usize,
+    },
+    /// A field runs past the end of the frame.
+    #[error("field at byte {position} needs {needed} bytes past the end of the frame")]
+    Truncated {
+        /// Where the field starts.
+        position: usize,
+        /// Bytes it needs.
+        needed: usize,
+    },
+    /// A field holds a value the format does not allow.
+    #[error("invalid field at byte {position}: {what}")]
+    Invalid {
+        /// Where.
+        position: usize,
+        /// What is wrong.
+        what: &'static str,
+    },
+    /// The api key is unknown.
+    #[error("unknown api key {0}")]
+    UnknownApiKey(u16),
+    /// The version of a known api is not supported.
+    #[error("api {key:?} version {version} is not supported")]
+    UnsupportedVersion {
+        /// The api.
+        key: ApiKey,
+        /// The version asked for.
+        version: u16,
+    },
+}
+
+impl DecodeError {
+    /// The error code a response to this bad request carries.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            DecodeError::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
+            DecodeError::UnknownApiKey(_) => ErrorCode::UnknownApiKey,
+            DecodeError::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,
+            _ => ErrorCode::InvalidRequest,
+        }
+    }
+}
+
+/// The fixed header of a request frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestHeader {
+    /// Raw api key (may be unknown).
+    pub api_key: u16,
+    /// Api version.
+    pub api_version: u16,
+    /// Echoed in the response.
+    pub correlation_id: u32,
+}
+
+/// The fixed header of a response frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResponseHeader {
+    /// The request's api key.
+    pub api_key: u16,
+    /// Top-level outcome.
+    pub error_code: ErrorCode,
+    /// The request's correlation id.
+    pub correlation_id: u32,
+}
+
+/// Looks at the start of `buf` for one whole frame. Returns `Ok(None)` while more bytes are needed
+/// (`Incomplete`), `Ok(Some(len))` when `buf[..len]` is a whole frame, and an error for a size that
+/// can never be valid, decided from the first four bytes before anything is allocated.
+pub fn frame_len(buf: &[u8], frame_size_max: usize) -> Result<Option<usize>, DecodeError> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let size = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as u64 + 4;
+    if size > frame_size_max as u64 {
+        return Err(DecodeError::FrameTooLarge {
+            size,
+            max: frame_size_max,
+        });
+    }
+    let size = size as usize;
+    if size < HEADER_LEN {
+        return Err(DecodeError::FrameTooShort { size });
+    }
+    Ok((buf.len() >= size).then_some(size))
+}
+
+/// Reads the header of a whole request frame.
+pub fn request_header(frame: &[u8]) -> Result<RequestHeader, DecodeError> {
+    let mut r = wire::Reader::new(frame, 4);
+    let api_key = r.u16()?;
+    let api_version = r.u16()?;
+    let correlation_id = r.u32()?;
+    let _reserved = r.u32()?;
+    Ok(RequestHeader {
+        api_key,
+        api_version,
+        correlation_id,
+    })
+}
+
+/// Reads the header of a whole response frame.
+pub fn response_header(frame: &[u8]) -> Result<ResponseHeader, DecodeError> {
+    let mut r = wire::Reader::new(frame, 4);
+    let api_key = r.u16()?;
+    let error_code = ErrorCode::from_u16(r.u16()?);
+    let correlation_id = r.u32()?;
+    let _reserved = r.u32()?;
+    Ok(ResponseHeader {
+        api_key,
+        error_code,
+        correlation_id,
+    })
+}
+
+/// Starts a request frame in `out` (cleared); finish it with [`finish_frame`].
+pub fn begin_request(out: &mut Vec<u8>, key: ApiKey, correlation_id: u32) {
+    out.clear();
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&(key as u16).to_le_bytes());
+    out.extend_from_slice(&key.versions().1.to_le_bytes());
+    out.extend_from_slice(&correlation_id.to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+}
+
+/// Starts a response frame in `out` (cleared); finish it with [`finish_frame`].
+pub fn begin_response(out: &mut Vec<u8>, api_key: u16, error: ErrorCode, correlation_id: u32) {
+    out.clear();
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&api_key.to_le_bytes());
+    out.extend_from_slice(&(error as u16).to_le_bytes());
+    out.extend_from_slice(&correlation_id.to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+}
+
+/// Writes the size field once the body is complete. `extra` counts bytes that follow `out` on the
+/// wire without being copied into it (record runs of a zero-copy fetch response).
+pub fn finish_frame(out: &mut [u8], extra: usize) {
+    let size = u32::try_from(out.len() + extra - 4).expect("frames are below 4 GiB");
+    out[0..4].copy_from_slice(&size.to_le_bytes());
+}
+
+/// An error response: the header with `error`, and a body holding a human-readable message
+/// (`u16` length + UTF-8).
+pub fn encode_error(
+    out: &mut Vec<u8>,
+    api_key: u16,
+    correlation_id: u32,
+    error: ErrorCode,
+    message: &str,
+) {
+    begin_response(out, api_key, error, correlation_id);
+    let mut msg = message;
+    while msg.len() > 1024 {
+        // Keep messages short, on a character boundary.
+        let mut cut = 1024;
+        while !msg.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        msg = &msg[..cut];
+    }
+    wire::Writer::new(out).str(msg);
+    finish_frame(out, 0);
+}
+
+/// The message of an error response's body (empty if the body is not a message).
+pub fn error_message(frame: &[u8]) -> String {
+    wire::Reader::new(frame, HEADER_LEN)
+        .string()
+        .unwrap_or_default()
+}
+
+/// Checks a topic name: 1..=249 characters of `[A-Za-z0-9._-]`, not `.` or `..`.
+pub fn valid_topic_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= TOPIC_NAME_LEN_MAX
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+#[cfg(test)]
+mod tests;

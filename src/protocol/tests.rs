@@ -1,0 +1,243 @@
+use super::*;
+use proptest::prelude::*;
+
+fn aligned(bytes: &[u8]) -> rkyv::util::AlignedVec<16> {
+    let mut v = rkyv::util::AlignedVec::<16>::new();
+    v.extend_from_slice(bytes);
+    v
+}
+
+fn name() -> impl Strategy<Value = String> {
+    "[A-Za-z0-9._-]{1,40}"
+}
+
+fn run() -> impl Strategy<Value = Vec<u8>> {
+    (0usize..8).prop_flat_map(|n| proptest::collection::vec(any::<u8>(), n * 16..=n * 16))
+}
+
+fn opt() -> impl Strategy<Value = Option<u64>> {
+    proptest::option::of(any::<u64>())
+}
+
+fn request() -> impl Strategy<Value = Request> {
+    prop_oneof![
+        name().prop_map(|client_id| Request::ApiVersions { client_id }),
+        proptest::collection::vec(name(), 0..4).prop_map(|topics| Request::Metadata { topics }),
+        (name(), any::<u32>(), opt(), opt()).prop_map(|(name, p, rb, rm)| Request::CreateTopic {
+            name,
+            config: TopicConfig {
+                partitions: p,
+                retention_bytes: rb,
+                retention_ms: rm
+            },
+        }),
+        name().prop_map(|name| Request::DeleteTopic { name }),
+        (name(), proptest::option::of(any::<u32>()), opt(), opt()).prop_map(
+            |(name, partitions, retention_bytes, retention_ms)| Request::AlterTopic {
+                name,
+                partitions,
+                retention_bytes,
+                retention_ms,
+            }
+        ),
+        Just(Request::ListTopics),
+        name().prop_map(|name| Request::DescribeTopic { name }),
+        (
+            any::<u32>(),
+            any::<u32>(),
+            any::<u32>(),
+            proptest::collection::vec((name(), any::<u32>(), any::<u64>(), any::<u32>()), 0..4)
+        )
+            .prop_map(|(max_wait_ms, min_bytes, max_bytes, blocks)| {
+                Request::Fetch(FetchRequest {
+                    max_wait_ms,
+                    min_bytes,
+                    max_bytes,
+                    blocks: blocks
+                        .into_iter()
+                        .map(|(topic, partition, offset, max_bytes)| FetchBlock {
+                            topic,
+                            partition,
+                            offset,
+                            max_bytes,
+                        })
+                        .collect(),
+                })
+            }),
+        proptest::collection::vec((name(), any::<u32>(), 0u8..3, any::<i64>()), 0..4).prop_map(
+            |b| {
+                Request::ListOffsets(
+                    b.into_iter()
+                        .map(|(topic, partition, k, t)| ListOffsetsBlock {
+                            topic,
+                            partition,
+                            spec: match k {
+                                0 => OffsetSpec::Earliest,
+                                1 => OffsetSpec::Latest,
+                                _ => OffsetSpec::Timestamp(t),
+                            },
+                        })
+                        .collect(),
+                )
+            }
+        ),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn request_roundtrip(req in request(), cid in any::<u32>()) {
+        let mut out = Vec::new();
+        encode_request(&mut out, cid, &req);
+        prop_assert_eq!(frame_len(&out, FRAME_SIZE_MAX).unwrap(), Some(out.len()));
+        let (h, back) = decode_request(&out).unwrap();
+        prop_assert_eq!(h.correlation_id, cid);
+        prop_assert_eq!(back, req);
+    }
+
+    #[test]
+    fn produce_roundtrip_keeps_runs_aligned_in_place(
+        blocks in proptest::collection::vec((name(), any::<u32>(), run()), 0..5),
+        cid in any::<u32>(),
+    ) {
+        let refs: Vec<(&str, u32, &[u8])> =
+            blocks.iter().map(|(t, p, r)| (t.as_str(), *p, r.as_slice())).collect();
+        let mut out = Vec::new();
+        encode_produce(&mut out, cid, Acks::Durable, 1234, &refs);
+        let frame = aligned(&out);
+        let (_, req) = decode_request(&frame).unwrap();
+        let Request::Produce(p) = req else { panic!("not produce") };
+        prop_assert_eq!(p.acks, Acks::Durable);
+        prop_assert_eq!(p.blocks.len(), blocks.len());
+        for (b, (t, part, r)) in p.blocks.iter().zip(&blocks) {
+            prop_assert_eq!(&b.topic, t);
+            prop_assert_eq!(b.partition, *part);
+            prop_assert_eq!(b.run.start % 16, 0);
+            prop_assert_eq!(&frame[b.run.clone()], &r[..]);
+        }
+    }
+
+    #[test]
+    fn fetch_response_spliced_runs_roundtrip(
+        blocks in proptest::collection::vec((name(), any::<u32>(), any::<u64>(), any::<u64>(), run()), 0..5),
+        cid in any::<u32>(),
+    ) {
+        let results: Vec<FetchResult> = blocks.iter().map(|(t, p, e, n, r)| FetchResult {
+            topic: t.clone(), partition: *p, error: ErrorCode::None, earliest: *e, next: *n, run: 0..r.len(),
+        }).collect();
+        let mut head = Vec::new();
+        let splits = encode_fetch_response(&mut head, cid, &results);
+        // Splice as the server does on the wire.
+        let mut wire = Vec::new();
+        let mut at = 0;
+        for (s, (_, _, _, _, r)) in splits.iter().zip(&blocks) {
+            wire.extend_from_slice(&head[at..*s]);
+            wire.extend_from_slice(r);
+            at = *s;
+        }
+        wire.extend_from_slice(&head[at..]);
+        prop_assert_eq!(frame_len(&wire, FRAME_SIZE_MAX).unwrap(), Some(wire.len()));
+        let (h, resp) = decode_response(&wire).unwrap();
+        prop_assert_eq!(h.correlation_id, cid);
+        let Some(Response::Fetch(back)) = resp else { panic!("not fetch") };
+        for (b, (_, _, _, _, r)) in back.iter().zip(&blocks) {
+            prop_assert_eq!(&wire[b.run.clone()], &r[..]);
+            prop_assert_eq!(b.run.start % 16, 0);
+        }
+    }
+
+    #[test]
+    fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+        let _ = frame_len(&bytes, FRAME_SIZE_MAX);
+        let _ = decode_request(&bytes);
+        let _ = decode_response(&bytes);
+        let _ = error_message(&bytes);
+    }
+
+    #[test]
+    fn decoding_mutated_valid_requests_never_panics(req in request(), flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6)) {
+        let mut out = Vec::new();
+        encode_request(&mut out, 1, &req);
+        for (at, v) in flips { let n = out.len(); out[at % n] ^= v; }
+        let _ = decode_request(&out);
+    }
+}
+
+#[test]
+fn given_frame_claiming_4gib_when_sized_should_reject_before_allocating() {
+    let bytes = [0xff, 0xff, 0xff, 0xff, 0, 0];
+    assert!(matches!(
+        frame_len(&bytes, FRAME_SIZE_MAX),
+        Err(DecodeError::FrameTooLarge {
+            size: 0x1_0000_0003,
+            ..
+        })
+    ));
+    assert_eq!(frame_len(&[1, 0], FRAME_SIZE_MAX), Ok(None));
+    assert!(matches!(
+        frame_len(&[3, 0, 0, 0], FRAME_SIZE_MAX),
+        Err(DecodeError::FrameTooShort { size: 7 })
+    ));
+}
+
+#[test]
+fn given_unknown_key_or_version_when_decoding_should_fail_typed() {
+    let mut out = Vec::new();
+    encode_request(&mut out, 9, &Request::ListTopics);
+    out[4] = 200;
+    assert_eq!(
+        decode_request(&out).unwrap_err().code(),
+        ErrorCode::UnknownApiKey
+    );
+    encode_request(&mut out, 9, &Request::ListTopics);
+    out[6] = 7;
+    assert_eq!(
+        decode_request(&out).unwrap_err().code(),
+        ErrorCode::UnsupportedVersion
+    );
+}
+
+#[test]
+fn given_huge_array_count_when_decoding_should_fail_without_allocating() {
+    let mut out = Vec::new();
+    encode_request(&mut out, 1, &Request::Metadata { topics: vec![] });
+    out[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
+    assert!(matches!(
+        decode_request(&out),
+        Err(DecodeError::Invalid { .. })
+    ));
+}
+
+#[test]
+fn given_error_response_when_decoded_should_carry_code_and_message() {
+    let mut out = Vec::new();
+    encode_error(
+        &mut out,
+        ApiKey::Produce as u16,
+        77,
+        ErrorCode::UnknownTopic,
+        "unknown topic 'orders'",
+    );
+    let (h, body) = decode_response(&out).unwrap();
+    assert_eq!(h.error_code, ErrorCode::UnknownTopic);
+    assert_eq!(h.correlation_id, 77);
+    assert!(body.is_none());
+    assert_eq!(error_message(&out), "unknown topic 'orders'");
+}
+
+#[test]
+fn given_topic_names_when_validated_should_follow_the_contract() {
+    assert!(valid_topic_name("orders.v1_eu-west"));
+    assert!(valid_topic_name(&"a".repeat(249)));
+    for bad in ["", ".", "..", "a b", "é", &"a".repeat(250)] {
+        assert!(!valid_topic_name(bad), "{bad:?}");
+    }
+}
+
+#[test]
+fn error_codes_roundtrip_their_wire_values() {
+    for v in 0..19u16 {
+        assert_eq!(ErrorCode::from_u16(v) as u16, v);
+    }
+    assert_eq!(ErrorCode::from_u16(999), ErrorCode::Internal);
+}
