@@ -19,7 +19,15 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+#[cfg(feature = "broker")]
+pub mod catalog;
+#[cfg(feature = "broker")]
+pub mod config;
 pub mod protocol;
 pub mod record;
+#[cfg(feature = "broker")]
+pub mod server;
+#[cfg(feature = "broker")]
+pub mod shard;
 #[cfg(feature = "broker")]
 pub mod storage;
