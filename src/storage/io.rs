@@ -77,10 +77,6 @@ pub trait SegmentMap: Send + Sync + 'static {
     /// Shrinks the file to `len` bytes once a segment is sealed and flushed. The mapping keeps its
     /// length; nothing past `len` is ever read again.
     fn trim(&self, len: usize) -> io::Result<()>;
-    /// Faults in `position..position + len` so that the first append does not pay for it.
-    fn prefault(&self, position: usize, len: usize);
-    /// Tells the kernel a read of `position..position + len` is coming (a cold segment).
-    fn will_need(&self, position: usize, len: usize);
     /// Borrows `position..position + len`.
     ///
     /// # Safety
@@ -103,7 +99,7 @@ pub use mmap::{MmapIo, MmapSegment};
 #[cfg(feature = "broker")]
 mod mmap {
     use super::*;
-    use memmap2::{Advice, MmapOptions, MmapRaw};
+    use memmap2::{MmapOptions, MmapRaw};
     use std::fs::{File, OpenOptions};
     use std::os::fd::AsRawFd;
 
@@ -279,21 +275,6 @@ mod mmap {
 
         fn trim(&self, len: usize) -> io::Result<()> {
             self.file.set_len(len as u64)
-        }
-
-        fn prefault(&self, position: usize, len: usize) {
-            if let Some(m) = &self.map {
-                let len = len.min(m.len().saturating_sub(position));
-                // Best effort: an old kernel without MADV_POPULATE_READ just pays on first touch.
-                let _ = m.advise_range(Advice::PopulateRead, position, len);
-            }
-        }
-
-        fn will_need(&self, position: usize, len: usize) {
-            if let Some(m) = &self.map {
-                let len = len.min(m.len().saturating_sub(position));
-                let _ = m.advise_range(Advice::WillNeed, position, len);
-            }
         }
     }
 }
@@ -661,10 +642,6 @@ impl SegmentMap for Arc<SimFile> {
         st.len = st.len.min(len);
         Ok(())
     }
-
-    fn prefault(&self, _position: usize, _len: usize) {}
-
-    fn will_need(&self, _position: usize, _len: usize) {}
 }
 
 #[cfg(test)]
