@@ -167,7 +167,12 @@ fn given_hostile_frames_when_sent_should_answer_typed_or_close_and_keep_serving(
     forged.extend_from_slice(&garbage);
     forged[0..4].copy_from_slice(&record::archive_crc(&garbage).to_le_bytes());
     forged[4..8].copy_from_slice(&(garbage.len() as u32).to_le_bytes());
+    forged[24] = record::RECORD_VERSION; // a well-formed header, so the archive check is what refuses
     assert_eq!(produce(&mut good, 10, &forged).0, ErrorCode::CorruptRecord);
+    // A record claiming a format version this broker does not know.
+    let mut future = records(1);
+    future[24] = 9;
+    assert_eq!(produce(&mut good, 13, &future).0, ErrorCode::CorruptRecord);
     // Unknown topic: typed, named.
     let mut out = Vec::new();
     protocol::encode_produce(

@@ -55,9 +55,11 @@ pub enum OffsetSpec {
 pub struct TopicConfig {
     /// Number of partitions.
     pub partitions: u32,
-    /// Retention by bytes per partition; `None` is unlimited.
+    /// Retention by bytes per partition. In CreateTopic, `None` takes the broker's default
+    /// (`--retention-bytes`); in DescribeTopic, `None` is unlimited.
     pub retention_bytes: Option<u64>,
-    /// Retention by age in ms; `None` is unlimited.
+    /// Retention by age in ms. In CreateTopic, `None` takes the broker's default
+    /// (`--retention-ms`); in DescribeTopic, `None` is unlimited.
     pub retention_ms: Option<u64>,
 }
 

@@ -273,7 +273,13 @@ pub fn request_header(frame: &[u8]) -> Result<RequestHeader, DecodeError> {
     let api_key = r.u16()?;
     let api_version = r.u16()?;
     let correlation_id = r.u32()?;
-    let _reserved = r.u32()?;
+    // Checked so that the field can be given a meaning later without a new version.
+    if r.u32()? != 0 {
+        return Err(DecodeError::Invalid {
+            position: 12,
+            what: "reserved header field is not zero",
+        });
+    }
     Ok(RequestHeader {
         api_key,
         api_version,

@@ -384,8 +384,8 @@ pub fn decode(
     })
 }
 
-/// Checks the producer-side part of a record: the archive length, the archive CRC, the padding and
-/// the archive's structure. The header's broker fields (offset, timestamp, header CRC) are ignored:
+/// Checks the producer-side part of a record: the version byte, the archive length, the archive
+/// CRC, the padding and the archive's structure. The header's broker fields (offset, timestamp, header CRC) are ignored:
 /// the broker overwrites them with [`stamp_header`]. Returns the record's total length.
 pub fn check_produced(
     buf: &[u8],
@@ -404,6 +404,12 @@ pub fn check_produced(
         });
     }
     let h = &buf[position..position + HEADER_LEN];
+    // The broker restamps these bytes, but a producer claiming another format version or setting
+    // reserved bits is speaking a format this broker does not know: refuse rather than guess.
+    let version = h[AT_VERSION];
+    if version != RECORD_VERSION || h[AT_FLAGS] != 0 || h[AT_RESERVED..AT_RESERVED + 2] != [0, 0] {
+        return Err(RecordError::BadVersion { position, version });
+    }
     let len = read_u32(h, AT_ARCHIVE_LEN) as usize;
     let limit = archive_len_max.min(ARCHIVE_LEN_MAX);
     if len == 0 || len > limit {

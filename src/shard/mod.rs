@@ -177,9 +177,9 @@ pub(crate) struct Shard {
 fn storage_code(e: &StorageError) -> ErrorCode {
     match e {
         StorageError::InvalidRecord {
-            source: RecordError::BadLength { .. },
+            source: RecordError::BadLength { len, limit, .. },
             ..
-        } => ErrorCode::RecordTooLarge,
+        } if len > limit => ErrorCode::RecordTooLarge,
         StorageError::InvalidRecord { .. } => ErrorCode::CorruptRecord,
         StorageError::NoSpace { .. } => ErrorCode::StorageFull,
         StorageError::Failed { .. } => ErrorCode::StorageFailed,
@@ -671,6 +671,10 @@ impl Shard {
     pub fn close_all(&self) {
         let parts: Vec<_> = self.partitions.borrow_mut().drain().collect();
         for ((topic, p), part) in parts {
+            if self.catalog.get(&topic).is_none_or(|m| m.id != part.topic_id) {
+                // Deleted while open: its files are gone, there is nothing to checkpoint.
+                continue;
+            }
             match Rc::try_unwrap(part) {
                 Ok(part) => {
                     if let Err(e) = part.log.into_inner().close() {
