@@ -21,6 +21,7 @@
 
 #[cfg(feature = "broker")]
 pub mod catalog;
+pub mod client;
 #[cfg(feature = "broker")]
 pub mod config;
 pub mod protocol;

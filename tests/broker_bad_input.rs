@@ -1,5 +1,6 @@
 //! Hostile and broken input: every bad frame gets a typed error response or a closed connection,
 //! the broker keeps serving other clients, and nothing stored is affected.
+#![cfg(feature = "broker")]
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! Protocol behaviour of a real broker: pipelining, long-poll, metadata and restart.
+#![cfg(feature = "broker")]
 
 mod common;
 

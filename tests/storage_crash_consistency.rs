@@ -1,6 +1,7 @@
 //! Crash consistency: whatever a crash or a bad disk leaves, recovery keeps exactly the valid
 //! prefix of the log, every record acknowledged under Sync survives, nothing corrupt is served and
 //! nothing panics.
+#![cfg(feature = "broker")]
 
 use std::path::{Path, PathBuf};
 

@@ -1,6 +1,7 @@
 //! Black-box properties of a partition log: what is appended reads back, seeks land where they
 //! should, segments roll and retire as configured, a reopened log sees everything, and a failing
 //! disk stops the log instead of losing data quietly.
+#![cfg(feature = "broker")]
 
 use std::future::Future;
 use std::path::Path;

@@ -3,8 +3,13 @@
 //!
 //! This module parses and prints; the work is the library's.
 
+mod consume;
+mod produce;
 #[cfg(feature = "broker")]
 mod serve;
+mod topic;
+
+use anyhow::Context;
 
 use clap::{Parser, Subcommand};
 
@@ -28,13 +33,28 @@ pub struct Cli {
 enum Command {
     /// Run the broker.
     #[cfg(feature = "broker")]
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
+    /// Create, list, describe, alter and delete topics.
+    #[command(subcommand)]
+    Topic(topic::TopicCommand),
+    /// Produce one message per stdin line.
+    Produce(produce::ProduceArgs),
+    /// Print messages, one per line.
+    Consume(consume::ConsumeArgs),
+}
+
+fn connect(broker: &str) -> anyhow::Result<levee::client::Client> {
+    levee::client::Client::connect(broker, levee::client::ClientConfig::default())
+        .with_context(|| format!("cannot reach the broker at {broker}"))
 }
 
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         #[cfg(feature = "broker")]
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
+        Command::Topic(c) => topic::run(&connect(&cli.broker)?, c),
+        Command::Produce(a) => produce::run(&connect(&cli.broker)?, a),
+        Command::Consume(a) => consume::run(&connect(&cli.broker)?, a),
     }
 }

@@ -1,0 +1,120 @@
+//! `levee topic create|list|describe|alter|delete`.
+
+use levee::client::Client;
+use levee::protocol::TopicConfig;
+
+/// Topic administration.
+#[derive(Debug, clap::Subcommand)]
+pub enum TopicCommand {
+    /// Create a topic.
+    Create {
+        /// Topic name: 1-249 characters of [A-Za-z0-9._-].
+        name: String,
+        /// Number of partitions.
+        #[arg(long, default_value_t = 1)]
+        partitions: u32,
+        /// Retention by bytes per partition (default: the broker's).
+        #[arg(long)]
+        retention_bytes: Option<u64>,
+        /// Retention by age in ms (default: the broker's).
+        #[arg(long)]
+        retention_ms: Option<u64>,
+    },
+    /// List topics.
+    List,
+    /// Show a topic's configuration and partitions.
+    Describe {
+        /// Topic name.
+        name: String,
+    },
+    /// Change a topic's partition count (up only) or retention.
+    Alter {
+        /// Topic name.
+        name: String,
+        /// New partition count.
+        #[arg(long)]
+        partitions: Option<u32>,
+        /// New retention by bytes per partition (0 = unlimited).
+        #[arg(long)]
+        retention_bytes: Option<u64>,
+        /// New retention by age in ms (0 = unlimited).
+        #[arg(long)]
+        retention_ms: Option<u64>,
+    },
+    /// Delete a topic and its data.
+    Delete {
+        /// Topic name.
+        name: String,
+    },
+}
+
+fn limit(v: Option<u64>) -> Option<u64> {
+    // On the CLI 0 means unlimited; on the wire that is u64::MAX.
+    v.map(|v| if v == 0 { u64::MAX } else { v })
+}
+
+fn show(v: Option<u64>) -> String {
+    v.map_or("unlimited".into(), |v| v.to_string())
+}
+
+pub fn run(client: &Client, command: TopicCommand) -> anyhow::Result<()> {
+    match command {
+        TopicCommand::Create {
+            name,
+            partitions,
+            retention_bytes,
+            retention_ms,
+        } => {
+            client.create_topic(
+                &name,
+                TopicConfig {
+                    partitions,
+                    retention_bytes,
+                    retention_ms,
+                },
+            )?;
+            println!("created topic {name} with {partitions} partition(s)");
+        }
+        TopicCommand::List => {
+            for t in client.list_topics()? {
+                println!("{}\t{}", t.name, t.partitions);
+            }
+        }
+        TopicCommand::Describe { name } => {
+            let d = client.describe_topic(&name)?;
+            println!(
+                "topic {} partitions={} retention_bytes={} retention_ms={}",
+                d.name,
+                d.config.partitions,
+                show(d.config.retention_bytes),
+                show(d.config.retention_ms)
+            );
+            println!("partition\tshard\tearliest\tnext\tdurable\tbytes");
+            for p in d.partitions {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}",
+                    p.partition, p.shard, p.earliest, p.next, p.durable, p.size_bytes
+                );
+            }
+        }
+        TopicCommand::Alter {
+            name,
+            partitions,
+            retention_bytes,
+            retention_ms,
+        } => {
+            client.alter_topic(
+                &name,
+                partitions,
+                limit(retention_bytes),
+                limit(retention_ms),
+            )?;
+            println!("altered topic {name}");
+        }
+        TopicCommand::Delete { name } => {
+            client.delete_topic(&name)?;
+            println!("deleted topic {name}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,344 @@
+//! A consumer of one topic: it keeps a position per partition and reads with long-poll Fetch
+//! requests, one per partition, all in flight at once (each on its owning shard's connection).
+//!
+//! Positions live in the consumer only; consumer groups and committed offsets are a separate
+//! concern. A position outside the log (retention deleted it, or it was never written) is handled
+//! by the [`ResetPolicy`].
+
+use std::time::{Duration, Instant};
+
+use rkyv::rancor;
+
+use super::{Client, ClientError, Fetched};
+use crate::protocol::OffsetSpec;
+use crate::record::{Message, RecordError, RecordRef};
+
+/// Where a new consumer starts in each partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartFrom {
+    /// The first offset still stored.
+    Earliest,
+    /// The offset the next record will get: only records produced from now on.
+    Latest,
+    /// This offset in every partition (reset by the [`ResetPolicy`] if outside the log).
+    Offset(u64),
+    /// The first record appended at or after this time, ms since the Unix epoch.
+    Timestamp(i64),
+}
+
+/// What to do when a position is outside a partition's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetPolicy {
+    /// Jump to the first offset still stored.
+    Earliest,
+    /// Jump to the end of the log.
+    Latest,
+    /// Fail the poll with [`ClientError::OffsetOutOfRange`].
+    Error,
+}
+
+/// Settings of a [`Consumer`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerConfig {
+    /// The topic to read.
+    pub topic: String,
+    /// The partitions to read; `None` (the default) reads all of them.
+    pub partitions: Option<Vec<u32>>,
+    /// Where to start. Default `Earliest`.
+    pub start: StartFrom,
+    /// What to do on an out-of-range position. Default `Earliest`.
+    pub reset: ResetPolicy,
+    /// How long the broker may hold a fetch open waiting for records. Default 500.
+    pub max_wait_ms: u32,
+    /// Most bytes of records fetched per partition per request (at least one record is always
+    /// returned, however large). Default 1 MiB.
+    pub fetch_max_bytes: u32,
+}
+
+impl ConsumerConfig {
+    /// The defaults for `topic`.
+    pub fn new(topic: impl Into<String>) -> Self {
+        ConsumerConfig {
+            topic: topic.into(),
+            partitions: None,
+            start: StartFrom::Earliest,
+            reset: ResetPolicy::Earliest,
+            max_wait_ms: 500,
+            fetch_max_bytes: 1 << 20,
+        }
+    }
+}
+
+/// One record, copied out of the fetched frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumedRecord {
+    /// Partition number.
+    pub partition: u32,
+    /// Offset in the partition.
+    pub offset: u64,
+    /// The broker's append time, ms since the Unix epoch (what [`StartFrom::Timestamp`] searches).
+    pub timestamp_ms: i64,
+    /// The producer's timestamp, as the producer set it.
+    pub producer_timestamp_ms: i64,
+    /// The key, if the record has one.
+    pub key: Option<Vec<u8>>,
+    /// The payload.
+    pub value: Vec<u8>,
+    /// Application headers, `(name, value)`.
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl ConsumedRecord {
+    /// Copies one checked record out of its buffer.
+    pub fn from_record(partition: u32, record: &RecordRef<'_>) -> Result<Self, ClientError> {
+        let archived = record.message()?;
+        let message: Message =
+            rkyv::deserialize::<Message, rancor::Error>(archived).map_err(|e| {
+                RecordError::BadArchive {
+                    position: 0,
+                    reason: e.to_string(),
+                }
+            })?;
+        Ok(ConsumedRecord {
+            partition,
+            offset: record.offset(),
+            timestamp_ms: record.header.timestamp_ms,
+            producer_timestamp_ms: message.timestamp_ms,
+            key: message.key,
+            value: message.value,
+            headers: message
+                .headers
+                .into_iter()
+                .map(|h| (h.key, h.value))
+                .collect(),
+        })
+    }
+}
+
+/// Reads one topic with long-poll fetches.
+///
+/// # Examples
+///
+/// ```no_run
+/// use levee::client::{Client, ClientConfig, ConsumerConfig, ResetPolicy, StartFrom};
+/// use std::time::Duration;
+///
+/// # fn main() -> Result<(), levee::client::ClientError> {
+/// let client = Client::connect("127.0.0.1:7070", ClientConfig::default())?;
+/// let mut consumer = client.consumer(ConsumerConfig {
+///     start: StartFrom::Latest,
+///     reset: ResetPolicy::Error,
+///     ..ConsumerConfig::new("orders")
+/// })?;
+/// loop {
+///     for record in consumer.poll(Duration::from_secs(1))? {
+///         println!("{}@{}: {}", record.partition, record.offset, String::from_utf8_lossy(&record.value));
+///     }
+/// }
+/// # }
+/// ```
+pub struct Consumer {
+    client: Client,
+    config: ConsumerConfig,
+    /// `(partition, next offset to read)`, sorted by partition.
+    positions: Vec<(u32, u64)>,
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("topic", &self.config.topic)
+            .field("positions", &self.positions)
+            .finish()
+    }
+}
+
+impl Consumer {
+    pub(crate) fn new(client: Client, config: ConsumerConfig) -> Result<Consumer, ClientError> {
+        if config.fetch_max_bytes == 0 {
+            return Err(ClientError::InvalidConfig {
+                field: "fetch_max_bytes",
+                reason: "must be at least 1".into(),
+            });
+        }
+        let mut partitions = match &config.partitions {
+            Some(p) => p.clone(),
+            None => (0..client.partition_count(&config.topic)?).collect(),
+        };
+        partitions.sort_unstable();
+        partitions.dedup();
+        if partitions.is_empty() {
+            return Err(ClientError::InvalidConfig {
+                field: "partitions",
+                reason: "must name at least one partition".into(),
+            });
+        }
+        let mut positions = Vec::with_capacity(partitions.len());
+        for p in partitions {
+            let lookup = |spec| client.list_offsets(&config.topic, p, spec);
+            let offset = match config.start {
+                StartFrom::Offset(o) => o,
+                StartFrom::Earliest => lookup(OffsetSpec::Earliest)?,
+                StartFrom::Latest => lookup(OffsetSpec::Latest)?,
+                StartFrom::Timestamp(t) => lookup(OffsetSpec::Timestamp(t))?,
+            };
+            positions.push((p, offset));
+        }
+        Ok(Consumer {
+            client,
+            config,
+            positions,
+        })
+    }
+
+    /// The topic read.
+    pub fn topic(&self) -> &str {
+        &self.config.topic
+    }
+
+    /// The partitions read, ascending.
+    pub fn partitions(&self) -> Vec<u32> {
+        self.positions.iter().map(|&(p, _)| p).collect()
+    }
+
+    /// The next offset to be read from `partition`, if it is one of the consumer's.
+    pub fn position(&self, partition: u32) -> Option<u64> {
+        self.positions
+            .iter()
+            .find(|&&(p, _)| p == partition)
+            .map(|&(_, o)| o)
+    }
+
+    /// Moves the position of `partition` (one of the consumer's) to `offset`.
+    pub fn seek(&mut self, partition: u32, offset: u64) -> Result<(), ClientError> {
+        match self.positions.iter_mut().find(|(p, _)| *p == partition) {
+            Some(pos) => {
+                pos.1 = offset;
+                Ok(())
+            }
+            None => Err(ClientError::InvalidConfig {
+                field: "partition",
+                reason: format!("partition {partition} is not read by this consumer"),
+            }),
+        }
+    }
+
+    /// Waits up to `timeout` for records from any partition and returns what arrived first (empty
+    /// when none did), advancing the positions past it. Out-of-range positions are reset as
+    /// `reset` says; broken connections are retried up to the client's `retries`.
+    pub fn poll(&mut self, timeout: Duration) -> Result<Vec<ConsumedRecord>, ClientError> {
+        self.poll_with(timeout, |fetched, out| {
+            let mut next = None;
+            for record in fetched.records() {
+                let record = record?;
+                out.push(ConsumedRecord::from_record(fetched.partition(), &record)?);
+                next = Some(record.offset() + 1);
+            }
+            Ok(next)
+        })
+    }
+
+    /// Like [`poll`](Consumer::poll), but hands back the fetched frames themselves, so records are
+    /// read in place with no copy ([`Fetched::records`], [`RecordRef::message`]). Every record's
+    /// CRCs were checked; each returned `Fetched` holds at least one record.
+    pub fn poll_fetched(&mut self, timeout: Duration) -> Result<Vec<Fetched>, ClientError> {
+        self.poll_with(timeout, |fetched, out| {
+            let next = fetched.last_offset_plus_one()?;
+            if next.is_some() {
+                out.push(fetched);
+            }
+            Ok(next)
+        })
+    }
+
+    /// One poll: fetch rounds until something arrives or `timeout` passes. `take` moves a fetch's
+    /// records into the output and returns the position after them (`None` when it held none).
+    fn poll_with<T>(
+        &mut self,
+        timeout: Duration,
+        mut take: impl FnMut(Fetched, &mut Vec<T>) -> Result<Option<u64>, ClientError>,
+    ) -> Result<Vec<T>, ClientError> {
+        let deadline = Instant::now() + timeout;
+        let topic = self.config.topic.clone();
+        let mut failed_rounds = 0;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let wait_ms = remaining
+                .as_millis()
+                .min(u128::from(self.config.max_wait_ms)) as u32;
+            // Every partition's fetch is in flight before the first is waited for.
+            let started: Vec<_> = self
+                .positions
+                .iter()
+                .map(|&(p, offset)| {
+                    self.client
+                        .fetch_start(&topic, p, offset, self.config.fetch_max_bytes, wait_ms)
+                })
+                .collect();
+            let mut out = Vec::new();
+            let mut error: Option<ClientError> = None;
+            for (i, started) in started.into_iter().enumerate() {
+                let (partition, offset) = self.positions[i];
+                let result = started
+                    .and_then(|future| future.wait())
+                    .and_then(|frame| self.client.fetch_finish(frame, &topic, partition, offset))
+                    .and_then(|fetched| take(fetched, &mut out));
+                match result {
+                    Ok(Some(next)) => self.positions[i].1 = next,
+                    Ok(None) => {}
+                    Err(ClientError::OffsetOutOfRange {
+                        earliest, latest, ..
+                    }) if self.config.reset != ResetPolicy::Error => {
+                        let to = match self.config.reset {
+                            ResetPolicy::Earliest => earliest,
+                            _ => latest,
+                        };
+                        tracing::info!(
+                            topic,
+                            partition,
+                            from = offset,
+                            to,
+                            "offset out of range; position reset"
+                        );
+                        self.positions[i].1 = to;
+                    }
+                    Err(e) => {
+                        if error.as_ref().is_none_or(|prev| prev.is_retriable()) {
+                            error = Some(e);
+                        }
+                    }
+                }
+            }
+            if !out.is_empty() {
+                // Records already taken must be handed over: the positions moved past them. A
+                // failed partition fails again on the next poll.
+                if let Some(e) = error {
+                    tracing::debug!(error = %e, "partition failed; returning the others' records");
+                }
+                return Ok(out);
+            }
+            match error {
+                Some(e) if !e.is_retriable() => return Err(e),
+                Some(e) => {
+                    failed_rounds += 1;
+                    if failed_rounds > self.client.config().retries {
+                        return Err(e);
+                    }
+                    self.client.mark_stale();
+                    let pause = self.client.config().backoff(failed_rounds);
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(e);
+                    }
+                    std::thread::sleep(pause.min(left));
+                }
+                None => {
+                    failed_rounds = 0;
+                    if Instant::now() >= deadline {
+                        return Ok(out);
+                    }
+                }
+            }
+        }
+    }
+}
