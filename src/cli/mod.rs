@@ -44,8 +44,9 @@ enum Command {
 }
 
 fn connect(broker: &str) -> anyhow::Result<levee::client::Client> {
-    levee::client::Client::connect(broker, levee::client::ClientConfig::default())
-        .with_context(|| format!("cannot reach the broker at {broker}"))
+    levee::client::Client::connect(broker, levee::client::ClientConfig::default()).with_context(
+        || format!("cannot reach the broker at {broker} (set --broker or LEVEE_BROKER)"),
+    )
 }
 
 /// Runs the parsed command.

@@ -11,7 +11,7 @@ use crate::record::RecordError;
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ClientError {
     /// No connection could be opened to an address (refused, unreachable, unresolvable).
-    #[error("cannot connect to {addr}: {source}")]
+    #[error("cannot connect to {addr}")]
     Connect {
         /// The address tried.
         addr: String,
@@ -38,7 +38,7 @@ pub enum ClientError {
     },
     /// The broker answered with an error code. For a top-level error the message is the one the
     /// broker sent; for a partition-level error it names the partition.
-    #[error("broker error {code:?}: {message}")]
+    #[error("{message} (broker error {code:?})")]
     Broker {
         /// The code.
         code: ErrorCode,

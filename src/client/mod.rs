@@ -630,7 +630,11 @@ impl Client {
         match routes.topics.get(topic) {
             Some(r) if r.error != ErrorCode::None => Err(ClientError::Broker {
                 code: r.error,
-                message: format!("topic {topic}"),
+                message: if r.error == ErrorCode::UnknownTopic {
+                    format!("unknown topic '{topic}'")
+                } else {
+                    format!("topic '{topic}'")
+                },
             }),
             Some(r) if !r.partitions.is_empty() => Ok(r.partitions.len() as u32),
             _ => Err(ClientError::Broker {

@@ -671,7 +671,11 @@ impl Shard {
     pub fn close_all(&self) {
         let parts: Vec<_> = self.partitions.borrow_mut().drain().collect();
         for ((topic, p), part) in parts {
-            if self.catalog.get(&topic).is_none_or(|m| m.id != part.topic_id) {
+            if self
+                .catalog
+                .get(&topic)
+                .is_none_or(|m| m.id != part.topic_id)
+            {
                 // Deleted while open: its files are gone, there is nothing to checkpoint.
                 continue;
             }
