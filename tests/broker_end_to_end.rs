@@ -1,0 +1,251 @@
+//! End to end through the client library and the CLI against a real broker process.
+#![cfg(feature = "broker")]
+
+mod common;
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::TestBroker;
+use levee::client::{
+    Client, ClientConfig, ClientError, ConsumerConfig, ProducerConfig, ProducerRecord, ResetPolicy,
+    StartFrom,
+};
+use levee::protocol::{Acks, TopicConfig};
+
+const MESSAGES: u64 = 1_000_000;
+const PARTITIONS: u32 = 8;
+
+/// The 100-byte value of the `k`-th message of partition `p`.
+fn value(p: u32, k: u64) -> Vec<u8> {
+    let mut v = format!("p{p}-k{k}-").into_bytes();
+    v.resize(100, b'.');
+    v
+}
+
+/// Reads every partition from the start and checks each record is the next one of its partition.
+fn consume_all(client: &Client) {
+    let mut consumer = client.consumer(ConsumerConfig::new("flood")).unwrap();
+    let mut next = vec![0u64; PARTITIONS as usize];
+    let mut total = 0;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while total < MESSAGES {
+        assert!(
+            Instant::now() < deadline,
+            "consumed only {total} of {MESSAGES}"
+        );
+        for r in consumer.poll(Duration::from_millis(500)).unwrap() {
+            let k = next[r.partition as usize];
+            assert_eq!(r.offset, k, "partition {} out of order", r.partition);
+            assert_eq!(
+                r.value,
+                value(r.partition, k),
+                "content of {}/{}",
+                r.partition,
+                k
+            );
+            next[r.partition as usize] += 1;
+            total += 1;
+        }
+    }
+    assert_eq!(next.iter().sum::<u64>(), MESSAGES);
+    assert!(next.iter().all(|&n| n == MESSAGES / PARTITIONS as u64));
+}
+
+#[test]
+fn given_a_million_messages_over_8_partitions_when_read_back_and_after_restart_should_match() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = TestBroker::start(dir.path(), &[]);
+    let client = Client::connect(&broker.addr.to_string(), ClientConfig::default()).unwrap();
+    client
+        .create_topic(
+            "flood",
+            TopicConfig {
+                partitions: PARTITIONS,
+                retention_bytes: None,
+                retention_ms: None,
+            },
+        )
+        .unwrap();
+    let producer = client
+        .producer(ProducerConfig {
+            acks: Acks::Written,
+            max_in_flight: 1,
+            ..ProducerConfig::default()
+        })
+        .unwrap();
+    let mut pending = VecDeque::new();
+    for i in 0..MESSAGES {
+        let p = (i % PARTITIONS as u64) as u32;
+        let k = i / PARTITIONS as u64;
+        pending.push_back((
+            p,
+            k,
+            producer.send(ProducerRecord::new("flood", value(p, k)).with_partition(p)),
+        ));
+        if pending.len() > 100_000 {
+            let (p, k, f) = pending.pop_front().unwrap();
+            let m = f.wait().unwrap();
+            assert_eq!((m.partition, m.offset), (p, Some(k)));
+        }
+    }
+    producer.flush();
+    for (p, k, f) in pending {
+        let m = f.wait().unwrap();
+        assert_eq!((m.partition, m.offset), (p, Some(k)));
+    }
+    producer.close();
+    consume_all(&client);
+    drop(client);
+
+    assert!(broker.stop(), "graceful shutdown");
+    let broker = TestBroker::start(dir.path(), &[]);
+    let client = Client::connect(&broker.addr.to_string(), ClientConfig::default()).unwrap();
+    consume_all(&client);
+}
+
+#[test]
+fn given_deleted_offsets_when_consuming_should_apply_the_reset_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = TestBroker::start(
+        dir.path(),
+        &[
+            "--segment-bytes",
+            "1048576",
+            "--record-bytes-max",
+            "65536",
+            "--retention-check-ms",
+            "100",
+        ],
+    );
+    let client = Client::connect(&broker.addr.to_string(), ClientConfig::default()).unwrap();
+    client
+        .create_topic(
+            "r",
+            TopicConfig {
+                partitions: 1,
+                retention_bytes: Some(1),
+                retention_ms: None,
+            },
+        )
+        .unwrap();
+    let producer = client
+        .producer(ProducerConfig {
+            acks: Acks::Written,
+            ..ProducerConfig::default()
+        })
+        .unwrap();
+    for i in 0..5000u32 {
+        producer.send(ProducerRecord::new("r", vec![(i % 251) as u8; 1000]).with_partition(0));
+    }
+    producer.flush();
+    // Retention keeps only the active segment: offset 0 is gone.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client.describe_topic("r").unwrap().partitions[0].earliest == 0 {
+        assert!(Instant::now() < deadline, "retention did not run");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let earliest = client.describe_topic("r").unwrap().partitions[0].earliest;
+
+    let mut config = ConsumerConfig::new("r");
+    config.start = StartFrom::Offset(0);
+    config.reset = ResetPolicy::Error;
+    let mut strict = client.consumer(config.clone()).unwrap();
+    match strict.poll(Duration::from_secs(1)) {
+        Err(ClientError::OffsetOutOfRange {
+            requested: 0,
+            earliest: e,
+            ..
+        }) => assert_eq!(e, earliest),
+        other => panic!("expected OffsetOutOfRange, got {other:?}"),
+    }
+    config.reset = ResetPolicy::Earliest;
+    let mut lenient = client.consumer(config).unwrap();
+    let got = lenient.poll(Duration::from_secs(5)).unwrap();
+    assert_eq!(got.first().map(|r| r.offset), Some(earliest));
+}
+
+fn levee(broker: &TestBroker, args: &[&str], stdin: &str) -> (i32, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_levee"))
+        .arg("--broker")
+        .arg(broker.addr.to_string())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn given_the_cli_when_piping_lines_in_and_out_should_roundtrip_and_fail_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = TestBroker::start(dir.path(), &[]);
+    let (code, _, err) = levee(&broker, &["topic", "create", "t"], "");
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = levee(&broker, &["produce", "t"], "a\nb\n");
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("produced 2 of 2"),
+        "one-line summary on stderr: {err}"
+    );
+    let (code, out, err) = levee(
+        &broker,
+        &["consume", "t", "--from", "earliest", "--count", "2"],
+        "",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "a\nb\n");
+
+    let (code, out, _) = levee(
+        &broker,
+        &[
+            "consume",
+            "t",
+            "--from",
+            "earliest",
+            "--timeout-ms",
+            "500",
+            "--format",
+            "json",
+        ],
+        "",
+    );
+    assert_eq!(code, 0);
+    assert!(out
+        .lines()
+        .next()
+        .unwrap()
+        .starts_with("{\"partition\":0,\"offset\":0,\"timestamp_ms\":"));
+    assert!(out
+        .lines()
+        .next()
+        .unwrap()
+        .ends_with(",\"key\":null,\"value\":\"a\"}"));
+
+    let (code, _, err) = levee(&broker, &["produce", "nope"], "x\n");
+    assert_eq!(code, 1);
+    assert!(err.starts_with("error:") && err.contains("'nope'"), "{err}");
+    assert_eq!(
+        err.lines().count(),
+        1,
+        "one error line, no backtrace: {err}"
+    );
+
+    let (code, _, err) = levee(&broker, &["produce", "t", "--acks", "sometimes"], "");
+    assert_eq!(code, 2, "usage error: {err}");
+}
