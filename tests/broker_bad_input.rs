@@ -190,6 +190,33 @@ fn given_hostile_frames_when_sent_should_answer_typed_or_close_and_keep_serving(
     };
     assert_eq!(r[0].error, ErrorCode::UnknownTopic);
 
+    // A fetch of thousands of blocks cannot build an unbounded response: past the byte budget,
+    // blocks come back with offsets but no records.
+    let many = Request::Fetch(FetchRequest {
+        max_wait_ms: 0,
+        min_bytes: 0,
+        max_bytes: 100,
+        blocks: (0..5000)
+            .map(|_| FetchBlock {
+                topic: "t".into(),
+                partition: 0,
+                offset: 0,
+                max_bytes: 1 << 20,
+            })
+            .collect(),
+    });
+    let (h, body, _) = good.call(14, &many);
+    assert_eq!(h.error_code, ErrorCode::None);
+    let Some(Response::Fetch(r)) = body else {
+        panic!("not fetch")
+    };
+    assert_eq!(r.len(), 5000);
+    assert!(
+        !r[0].run.is_empty(),
+        "the first block gets at least one record"
+    );
+    assert!(r[1..].iter().all(|b| b.run.is_empty() && b.next == 3));
+
     // Through all of it the first client was served, and the stored data is exactly what it wrote.
     assert_eq!(stored_values(&mut good), vec!["good-0", "good-1", "good-2"]);
     assert_eq!(produce(&mut good, 12, &records(1)), (ErrorCode::None, 3));

@@ -301,13 +301,21 @@ async fn fetch(shard: &Rc<Shard>, shared: &Shared, cid: u32, f: FetchRequest) ->
     }
 }
 
+/// Reads every block within the request's byte budget. Only the first block with records may go
+/// over it (one record larger than the budget must still be served, or its consumer is stuck);
+/// once the budget is spent, later blocks come back with offsets but no records. Without that
+/// rule a request with many blocks could make a response of unbounded size.
 async fn read_all(shard: &Rc<Shard>, f: &FetchRequest) -> Vec<crate::shard::ReadOutcome> {
     let mut budget = f.max_bytes.max(1) as usize;
     let mut outcomes = Vec::with_capacity(f.blocks.len());
     for b in &f.blocks {
         let max = (b.max_bytes.max(1) as usize).min(budget.max(1));
-        let o = shard.read(&b.topic, b.partition, b.offset, max).await;
-        budget = budget.saturating_sub(o.slice.as_ref().map_or(0, |s| s.bytes().len()));
+        let mut o = shard.read(&b.topic, b.partition, b.offset, max).await;
+        let len = o.slice.as_ref().map_or(0, |s| s.bytes().len());
+        if budget == 0 && len > 0 {
+            o.slice = None;
+        }
+        budget = budget.saturating_sub(len);
         outcomes.push(o);
     }
     outcomes
