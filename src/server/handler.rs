@@ -307,14 +307,17 @@ async fn fetch(shard: &Rc<Shard>, shared: &Shared, cid: u32, f: FetchRequest) ->
 /// rule a request with many blocks could make a response of unbounded size.
 async fn read_all(shard: &Rc<Shard>, f: &FetchRequest) -> Vec<crate::shard::ReadOutcome> {
     let mut budget = f.max_bytes.max(1) as usize;
+    let mut served = false;
     let mut outcomes = Vec::with_capacity(f.blocks.len());
     for b in &f.blocks {
         let max = (b.max_bytes.max(1) as usize).min(budget.max(1));
         let mut o = shard.read(&b.topic, b.partition, b.offset, max).await;
-        let len = o.slice.as_ref().map_or(0, |s| s.bytes().len());
-        if budget == 0 && len > 0 {
+        let mut len = o.slice.as_ref().map_or(0, |s| s.bytes().len());
+        if served && len > budget {
             o.slice = None;
+            len = 0;
         }
+        served |= len > 0;
         budget = budget.saturating_sub(len);
         outcomes.push(o);
     }
