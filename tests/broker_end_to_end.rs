@@ -249,3 +249,89 @@ fn given_the_cli_when_piping_lines_in_and_out_should_roundtrip_and_fail_clearly(
     let (code, _, err) = levee(&broker, &["produce", "t", "--acks", "sometimes"], "");
     assert_eq!(code, 2, "usage error: {err}");
 }
+
+#[test]
+fn given_a_tokio_application_when_producing_should_await_acknowledgements() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = TestBroker::start(dir.path(), &[]);
+    let client = Client::connect(&broker.addr.to_string(), ClientConfig::default()).unwrap();
+    client
+        .create_topic(
+            "async",
+            TopicConfig {
+                partitions: 2,
+                retention_bytes: None,
+                retention_ms: None,
+            },
+        )
+        .unwrap();
+    let producer = client.producer(ProducerConfig::default()).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let offsets = runtime.block_on(async {
+        let mut offsets = Vec::new();
+        for i in 0..10u32 {
+            // The send future is runtime-agnostic: awaited here on tokio's executor.
+            let m = producer
+                .send(ProducerRecord::new("async", format!("v{i}")).with_partition(i % 2))
+                .await
+                .unwrap();
+            offsets.push((m.partition, m.offset));
+        }
+        offsets
+    });
+    assert_eq!(offsets[0], (0, Some(0)));
+    assert_eq!(offsets[9], (1, Some(4)));
+}
+
+#[test]
+fn given_a_broker_restart_when_the_same_client_continues_should_reconnect_and_refresh_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    // A fixed bootstrap port, so the client can find the restarted broker; shard ports change.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut broker = TestBroker::start(dir.path(), &["--listen", &listen]);
+    let client = Client::connect(&listen, ClientConfig::default()).unwrap();
+    client
+        .create_topic(
+            "again",
+            TopicConfig {
+                partitions: 2,
+                retention_bytes: None,
+                retention_ms: None,
+            },
+        )
+        .unwrap();
+    let before = client.metadata(&["again"]).unwrap().shards;
+    let producer = client.producer(ProducerConfig::default()).unwrap();
+    producer
+        .send(ProducerRecord::new("again", "before").with_partition(1))
+        .wait()
+        .unwrap();
+    assert!(broker.stop());
+
+    let _broker = TestBroker::start(dir.path(), &["--listen", &listen]);
+    // The producer's next send rides over the restart: reconnect, new metadata, retry.
+    let m = producer
+        .send(ProducerRecord::new("again", "after").with_partition(1))
+        .wait()
+        .unwrap();
+    assert_eq!(m.offset, Some(1));
+    let after = client.metadata(&["again"]).unwrap().shards;
+    assert_ne!(
+        before, after,
+        "shard ports are OS-assigned and change on restart"
+    );
+    let fetched = client.fetch("again", 1, 0, 1 << 20, 0).unwrap();
+    let values: Vec<Vec<u8>> = fetched
+        .records()
+        .map(|r| r.unwrap().message().unwrap().value.to_vec())
+        .collect();
+    assert_eq!(values, vec![b"before".to_vec(), b"after".to_vec()]);
+}

@@ -44,7 +44,7 @@ fn read_all<I: Io>(log: &Log<I>) -> Vec<(u64, Message)> {
     while offset < log.next_offset() {
         let slice = log.read(offset, 8 << 10).expect("read");
         assert!(slice.count() > 0, "empty read before the end at {offset}");
-        for r in Records::new(slice.bytes(), log.config().record_bytes_max) {
+        for r in Records::new(slice.bytes(), record::ARCHIVE_LEN_MAX) {
             let r = r.expect("served record passes its CRC");
             assert_eq!(r.offset(), offset);
             let m =
@@ -367,6 +367,58 @@ fn given_full_disk_when_rolling_should_fail_typed_and_keep_serving() {
             .base_offset,
         stored
     );
+}
+
+#[test]
+fn given_a_lowered_record_limit_when_reopened_should_keep_larger_stored_records() {
+    // Found by the segment_recovery fuzzer: recovery used to cut at the first stored record above
+    // the new limit, losing acknowledged data.
+    let io = SimIo::new();
+    let (mut log, _) = Log::open(io.clone(), "/d/p", small_config()).unwrap();
+    log.append_message(&message(0, 10_000)).unwrap();
+    log.append_message(&message(1, 100)).unwrap();
+    log.close().unwrap();
+    let lowered = LogConfig {
+        record_bytes_max: 1024,
+        ..small_config()
+    };
+    let (mut log, report) = Log::open(io, "/d/p", lowered).unwrap();
+    assert_eq!(report.truncation, None);
+    assert_eq!(read_all(&log).len(), 2);
+    assert!(matches!(
+        log.append_message(&message(2, 5000)),
+        Err(StorageError::InvalidRecord { .. })
+    ));
+}
+
+#[test]
+fn given_offsets_at_the_end_of_the_offset_space_should_refuse_appends_without_panicking() {
+    // Found by the segment_recovery fuzzer: offsets near u64::MAX overflowed in recovery and append.
+    use levee::storage::OFFSET_MAX;
+    let mut seg = Vec::new();
+    record::encode(&message(0, 10), &mut seg).unwrap();
+    record::stamp_header(&mut seg, OFFSET_MAX - 1, 1);
+    let io = SimIo::with_files([
+        (
+            format!("/d/p/{:020}.log", OFFSET_MAX - 1).into(),
+            seg.clone(),
+        ),
+        (format!("/d/q/{:020}.log", u64::MAX).into(), seg),
+    ]);
+    let (mut log, report) = Log::open(io.clone(), "/d/p", small_config()).unwrap();
+    assert_eq!(report.truncation, None);
+    assert_eq!(log.next_offset(), OFFSET_MAX);
+    assert!(matches!(
+        log.append_message(&message(1, 10)),
+        Err(StorageError::OffsetsExhausted { .. })
+    ));
+    let (log, report) = Log::open(io, "/d/q", small_config()).unwrap();
+    assert_eq!(
+        log.next_offset(),
+        0,
+        "a segment named past the offset space is not a segment"
+    );
+    assert_eq!(report.stray_files_removed.len(), 1);
 }
 
 #[derive(Debug, Clone)]

@@ -182,6 +182,7 @@ fn storage_code(e: &StorageError) -> ErrorCode {
         } if len > limit => ErrorCode::RecordTooLarge,
         StorageError::InvalidRecord { .. } => ErrorCode::CorruptRecord,
         StorageError::NoSpace { .. } => ErrorCode::StorageFull,
+        StorageError::OffsetsExhausted { .. } => ErrorCode::StorageFailed,
         StorageError::Failed { .. } => ErrorCode::StorageFailed,
         StorageError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
         StorageError::Corrupt { .. } => ErrorCode::CorruptRecord,

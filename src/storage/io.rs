@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 /// Page granularity of the simulated disk: what a power cut keeps or loses as a unit (sectors within
 /// a page can tear too; see [`SimIo::crash`]).
@@ -305,7 +305,9 @@ pub struct SimFile {
     /// What the process sees. Written by the single writer, read by readers of written ranges.
     data: Box<[UnsafeCell<u8>]>,
     state: Mutex<SimFileState>,
-    fs: Arc<Mutex<SimFs>>,
+    /// Weak: the file table holds the files, so a strong reference back would be a cycle and leak
+    /// every simulated disk (found by the segment_recovery fuzzer).
+    fs: Weak<Mutex<SimFs>>,
     flushes: Arc<AtomicU64>,
 }
 
@@ -368,7 +370,7 @@ impl SimIo {
     }
 
     fn insert(&self, path: PathBuf, bytes: Vec<u8>) {
-        let file = SimFile::new(bytes, self.fs.clone(), self.flushes.clone());
+        let file = SimFile::new(bytes, &self.fs, self.flushes.clone());
         lock(&self.fs).files.insert(path, Arc::new(file));
     }
 
@@ -439,7 +441,7 @@ impl SimIo {
 }
 
 impl SimFile {
-    fn new(bytes: Vec<u8>, fs: Arc<Mutex<SimFs>>, flushes: Arc<AtomicU64>) -> Self {
+    fn new(bytes: Vec<u8>, fs: &Arc<Mutex<SimFs>>, flushes: Arc<AtomicU64>) -> Self {
         let len = bytes.len();
         SimFile {
             data: bytes.iter().map(|&b| UnsafeCell::new(b)).collect(),
@@ -448,7 +450,7 @@ impl SimFile {
                 dirty: BTreeSet::new(),
                 len,
             }),
-            fs,
+            fs: Arc::downgrade(fs),
             flushes,
         }
     }
@@ -471,11 +473,7 @@ impl Io for SimIo {
                 *left -= len as u64;
             }
         }
-        let f = Arc::new(SimFile::new(
-            vec![0; len],
-            self.fs.clone(),
-            self.flushes.clone(),
-        ));
+        let f = Arc::new(SimFile::new(vec![0; len], &self.fs, self.flushes.clone()));
         lock(&self.fs).files.insert(path.to_owned(), f.clone());
         Ok(f)
     }
@@ -497,7 +495,7 @@ impl Io for SimIo {
                     .collect();
                 bytes.resize(want, 0);
                 current.resize(want, 0);
-                let f = Arc::new(SimFile::new(bytes, self.fs.clone(), self.flushes.clone()));
+                let f = Arc::new(SimFile::new(bytes, &self.fs, self.flushes.clone()));
                 for (i, b) in current.iter().enumerate() {
                     // SAFETY: `f` is not shared yet.
                     unsafe { *f.data[i].get() = *b };
@@ -598,8 +596,8 @@ impl SegmentMap for Arc<SimFile> {
     }
 
     fn flush(&self) -> io::Result<()> {
-        {
-            let mut fs = lock(&self.fs);
+        if let Some(fs) = self.fs.upgrade() {
+            let mut fs = lock(&fs);
             if let Some(left) = fs.flushes_left.as_mut() {
                 if *left == 0 {
                     return Err(io::Error::from_raw_os_error(5)); // EIO

@@ -277,6 +277,16 @@ impl<I: Io> Log<I> {
                 },
             });
         }
+        if self
+            .next_offset
+            .checked_add(count as u64)
+            .is_none_or(|end| end > super::OFFSET_MAX)
+        {
+            return Err(StorageError::OffsetsExhausted {
+                dir: self.dir.clone(),
+                next: self.next_offset,
+            });
+        }
         if run.len() > self.config.segment_bytes {
             return Err(StorageError::InvalidRecord {
                 index: 0,
@@ -448,7 +458,9 @@ impl<I: Io> Log<I> {
                 next_offset: offset,
             });
         }
-        let max = self.config.record_bytes_max;
+        // Stored records are held to the format's limit, not today's `record_bytes_max`: lowering
+        // the limit must not make acknowledged records unreadable (found by the fuzzer).
+        let max = record::ARCHIVE_LEN_MAX;
         let corrupt = |at: u64, source| StorageError::Corrupt {
             offset: at,
             segment: segment.base_offset,
@@ -513,7 +525,7 @@ impl<I: Io> Log<I> {
             .partition_point(|s| s.max_timestamp_ms < timestamp_ms);
         for segment in self.segments.range(first..non_empty) {
             let found = segment
-                .offset_at_time(timestamp_ms, self.config.record_bytes_max)
+                .offset_at_time(timestamp_ms, record::ARCHIVE_LEN_MAX)
                 .map_err(|source| StorageError::Corrupt {
                     offset: segment.base_offset,
                     segment: segment.base_offset,
@@ -617,7 +629,9 @@ impl<I: Io> Log<I> {
                 }
             }
         }
-        let max = self.config.record_bytes_max;
+        // Stored records are held to the format's limit, not today's `record_bytes_max`: lowering
+        // the limit must not make acknowledged records unreadable (found by the fuzzer).
+        let max = record::ARCHIVE_LEN_MAX;
         let segment_bytes = self.config.segment_bytes;
         let io = self.io.clone();
         let segment = self.active();

@@ -40,6 +40,11 @@ pub use recovery::{RecoveryReport, Truncation, TruncationReason};
 
 use crate::record::RecordError;
 
+/// Offsets stay below this (Kafka's offsets are `i64`, and clients in other languages may only have
+/// signed 64-bit integers). A segment named past it is not a segment; an append that would reach
+/// it fails with [`StorageError::OffsetsExhausted`].
+pub const OFFSET_MAX: u64 = i64::MAX as u64;
+
 /// When appended bytes are made durable. The broker's `--fsync` maps onto it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
@@ -160,6 +165,9 @@ pub enum StorageError {
         earliest: u64,
         next: u64,
     },
+    /// The log has used up its offset space ([`OFFSET_MAX`]).
+    #[error("log {dir} has no offsets left after {next}")]
+    OffsetsExhausted { dir: PathBuf, next: u64 },
     /// A truncation would cut bytes a reader still holds.
     #[error("cannot truncate to {offset}: a reader holds a slice of the tail")]
     ReadersActive { offset: u64 },

@@ -114,6 +114,13 @@ fn scan(
         if record::is_zero_header(data, position) {
             break ScanEnd::Clean;
         }
+        if offset >= super::OFFSET_MAX {
+            break ScanEnd::Cut(RecordError::Sequence {
+                position,
+                expected: offset,
+                found: offset,
+            });
+        }
         let r = match record::decode(data, position, archive_len_max, Check::Crc) {
             Ok(r) => r,
             Err(e) => break ScanEnd::Cut(e),
@@ -213,10 +220,11 @@ pub(crate) fn recover<I: Io>(
     let mut bases: Vec<u64> = names
         .iter()
         .filter_map(|n| segment::parse_file_name(n))
+        .filter(|&b| b < super::OFFSET_MAX)
         .collect();
     bases.sort_unstable();
     for name in &names {
-        let is_segment = segment::parse_file_name(name).is_some();
+        let is_segment = segment::parse_file_name(name).is_some_and(|b| b < super::OFFSET_MAX);
         let is_live_index = name
             .strip_suffix(".index")
             .and_then(|d| segment::parse_file_name(&format!("{d}.log")))
@@ -227,7 +235,9 @@ pub(crate) fn recover<I: Io>(
         }
     }
 
-    let max = config.record_bytes_max;
+    // Stored records are held to the format's limit, not the configured `record_bytes_max`: a
+    // lowered limit applies to new appends only and must not cut acknowledged data.
+    let max = record::ARCHIVE_LEN_MAX;
     let interval = config.index_interval_bytes;
     let mut segments: VecDeque<Segment<I::Map>> = VecDeque::new();
     let mut expected: Option<u64> = None;

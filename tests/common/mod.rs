@@ -33,14 +33,16 @@ impl TestBroker {
 
     /// Starts a broker, or returns its stderr if it exits first.
     pub fn try_start(data_dir: &Path, extra: &[&str]) -> Result<TestBroker, String> {
+        // Tests that need a fixed bootstrap port pass their own --listen.
+        let listen: &[&str] = if extra.contains(&"--listen") {
+            &[]
+        } else {
+            &["--listen", "127.0.0.1:0"]
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_levee"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--metrics-listen",
-                "127.0.0.1:0",
-            ])
+            .arg("serve")
+            .args(listen)
+            .args(["--metrics-listen", "127.0.0.1:0"])
             .args([
                 "--pin-cpus",
                 "false",
