@@ -47,6 +47,8 @@ pub(crate) struct AfterFlush {
     pub trim: Option<(Arc<dyn SegmentMap>, usize)>,
     /// The next offset the checkpoint covers; the job waits until `durable` reaches it.
     pub covers: u64,
+    /// Set once the job ran: the segment's file may then be recycled (nothing trims it later).
+    pub done: Arc<AtomicBool>,
 }
 
 /// A mapping that may hold unflushed bytes, with the next offset at its end once it is sealed.
@@ -382,6 +384,7 @@ fn run(
                             tracing::warn!(path = %a.path.display(), error = %e, "sealed segment not trimmed");
                         }
                     }
+                    a.done.store(true, Ordering::Release);
                 }
             }
             Err(e) => {

@@ -30,6 +30,8 @@ fn system_clock() -> i64 {
 
 /// Name of the file the next segment is prepared under before it gets its base offset.
 const PREPARED_NAME: &str = "next.segment.prepared";
+/// Name of a retired segment file kept for reuse as the next segment.
+const RECYCLED_NAME: &str = "next.segment.recycled";
 
 /// The offsets an append was given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +93,8 @@ pub struct Log<I: Io> {
     last_timestamp_ms: i64,
     flusher: Flusher,
     preparing: Option<JoinHandle<std::io::Result<I::Map>>>,
+    /// A retired segment file waits under `RECYCLED_NAME` to become the next segment.
+    spare: bool,
     clock: Clock,
     /// Aligned copy of a batch that arrived in a misaligned buffer, and the encoding buffer of
     /// [`Log::append_message`]: reused, so steady appends allocate nothing.
@@ -151,6 +155,7 @@ impl<I: Io> Log<I> {
             segments: recovered.segments,
             flusher,
             preparing: None,
+            spare: false,
             clock: Arc::new(system_clock),
             scratch: rkyv::util::AlignedVec::new(),
             encode_buf: Vec::new(),
@@ -364,14 +369,28 @@ impl<I: Io> Log<I> {
         self.roll()
     }
 
+    /// The work of preparing the next segment: reuse the spare file if there is one, else create.
+    fn preparation(&mut self) -> impl FnOnce() -> std::io::Result<I::Map> + Send + 'static {
+        let io = self.io.clone();
+        let prepared = self.dir.join(PREPARED_NAME);
+        let spare = std::mem::take(&mut self.spare).then(|| self.dir.join(RECYCLED_NAME));
+        let len = self.config.segment_bytes;
+        move || match spare {
+            Some(spare) => io.recycle(&spare, &prepared, len).or_else(|e| {
+                tracing::warn!(error = %e, "segment not recycled; creating a new one");
+                let _ = io.remove(&spare);
+                io.create(&prepared, len)
+            }),
+            None => io.create(&prepared, len),
+        }
+    }
+
     /// Starts reserving and pre-faulting the next segment on a helper thread.
     fn prepare_next(&mut self) {
-        let io = self.io.clone();
-        let path = self.dir.join(PREPARED_NAME);
-        let len = self.config.segment_bytes;
+        let job = self.preparation();
         let spawned = std::thread::Builder::new()
             .name("levee-segment-prep".into())
-            .spawn(move || io.create(&path, len));
+            .spawn(job);
         // If no thread can be spawned, the roll creates the segment itself.
         self.preparing = spawned.ok();
     }
@@ -382,7 +401,7 @@ impl<I: Io> Log<I> {
         let made = match self.preparing.take().map(|h| h.join()) {
             Some(Ok(Ok(map))) => Ok(map),
             // The helper failed or died: try once more here, so a transient error does not stick.
-            Some(Ok(Err(_))) | Some(Err(_)) | None => self.io.create(&prepared, len),
+            Some(Ok(Err(_))) | Some(Err(_)) | None => (self.preparation())(),
         };
         made.map_err(|e| {
             if e.kind() == std::io::ErrorKind::StorageFull {
@@ -408,7 +427,10 @@ impl<I: Io> Log<I> {
         let old = self.active();
         let checkpoint = old.checkpoint();
         let old_map = dyn_map(&old.map);
+        old.settled
+            .store(false, std::sync::atomic::Ordering::Release);
         let after = AfterFlush {
+            done: old.settled.clone(),
             path: old
                 .path
                 .with_file_name(segment::index_name(old.base_offset)),
@@ -570,9 +592,18 @@ impl<I: Io> Log<I> {
             }
             let oldest = self.segments.pop_front().expect("more than one segment");
             self.flusher.forget_map(&dyn_map(&oldest.map));
-            self.io
-                .remove(&oldest.path)
-                .map_err(|e| StorageError::io("delete segment", &oldest.path, e))?;
+            if !self.spare && oldest.recyclable() {
+                // Keep the file, and its resident pages, for the next segment.
+                let spare = self.dir.join(RECYCLED_NAME);
+                self.io
+                    .rename(&oldest.path, &spare)
+                    .map_err(|e| StorageError::io("keep for reuse segment", &oldest.path, e))?;
+                self.spare = true;
+            } else {
+                self.io
+                    .remove(&oldest.path)
+                    .map_err(|e| StorageError::io("delete segment", &oldest.path, e))?;
+            }
             let index = oldest
                 .path
                 .with_file_name(segment::index_name(oldest.base_offset));

@@ -125,6 +125,11 @@ fn scan(
             Ok(r) => r,
             Err(e) => break ScanEnd::Cut(e),
         };
+        if r.offset() < base_offset {
+            // A whole record from the file's earlier life as another segment (recycled files keep
+            // their old bytes until overwritten): the clean end of this segment's data.
+            break ScanEnd::Clean;
+        }
         if r.offset() != offset {
             break ScanEnd::Cut(RecordError::Sequence {
                 position,
