@@ -4,7 +4,6 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
 use levee::client::{Client, ConsumedRecord, ConsumerConfig, StartFrom};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -91,15 +90,7 @@ fn render(r: &ConsumedRecord, format: Format) -> String {
 }
 
 pub fn run(client: &Client, args: ConsumeArgs) -> anyhow::Result<()> {
-    let partitions = client.partition_count(&args.topic)?;
-    if let Some(p) = args.partition {
-        if p >= partitions {
-            bail!(
-                "topic '{}' has {partitions} partitions, no partition {p}",
-                args.topic
-            );
-        }
-    }
+    super::check_partition(client, &args.topic, args.partition)?;
     let mut config = ConsumerConfig::new(&args.topic);
     config.start = args.from;
     config.partitions = args.partition.map(|p| vec![p]);

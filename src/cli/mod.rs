@@ -43,6 +43,20 @@ enum Command {
     Consume(consume::ConsumeArgs),
 }
 
+/// Fails, naming the topic, unless it exists and has `partition` (when given): before any line is
+/// read or any message printed.
+fn check_partition(
+    client: &levee::client::Client,
+    topic: &str,
+    partition: Option<u32>,
+) -> anyhow::Result<()> {
+    let partitions = client.partition_count(topic)?;
+    if let Some(p) = partition.filter(|&p| p >= partitions) {
+        anyhow::bail!("topic '{topic}' has {partitions} partitions, no partition {p}");
+    }
+    Ok(())
+}
+
 fn connect(broker: &str) -> anyhow::Result<levee::client::Client> {
     levee::client::Client::connect(broker, levee::client::ClientConfig::default()).with_context(
         || format!("cannot reach the broker at {broker} (set --broker or LEVEE_BROKER)"),

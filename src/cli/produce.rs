@@ -38,15 +38,7 @@ pub fn parse_acks(s: &str) -> Result<Acks, String> {
 
 pub fn run(client: &Client, args: ProduceArgs) -> anyhow::Result<()> {
     // Fail fast, naming the topic, rather than once per line.
-    let partitions = client.partition_count(&args.topic)?;
-    if let Some(p) = args.partition {
-        if p >= partitions {
-            bail!(
-                "topic '{}' has {partitions} partitions, no partition {p}",
-                args.topic
-            );
-        }
-    }
+    super::check_partition(client, &args.topic, args.partition)?;
     let producer = client.producer(ProducerConfig {
         acks: args.acks,
         ..ProducerConfig::default()

@@ -232,13 +232,8 @@ pub fn is_zero_header(buf: &[u8], position: usize) -> bool {
     }
 }
 
-/// Checks and decodes the header at `position`: alignment, header CRC, version and length. It does
-/// not look at the archive; see [`decode`] for the full check.
-pub fn decode_header(
-    buf: &[u8],
-    position: usize,
-    archive_len_max: usize,
-) -> Result<RecordHeader, RecordError> {
+/// The 32 header bytes at `position`, once alignment is checked and they are all there.
+fn header_bytes(buf: &[u8], position: usize) -> Result<&[u8], RecordError> {
     if position % RECORD_ALIGN != 0 {
         return Err(RecordError::Misaligned { position });
     }
@@ -250,16 +245,17 @@ pub fn decode_header(
             available,
         });
     }
-    let h = &buf[position..position + HEADER_LEN];
-    let stored = read_u32(h, AT_HEADER_CRC);
-    let computed = crc32fast::hash(&h[..AT_HEADER_CRC]);
-    if stored != computed {
-        return Err(RecordError::HeaderCrc {
-            position,
-            stored,
-            computed,
-        });
-    }
+    Ok(&buf[position..position + HEADER_LEN])
+}
+
+/// Checks the version, flags and reserved bytes of header `h`, and its archive length against the
+/// limits and the bytes available. Returns `(archive_len, record_len)`.
+fn check_shape(
+    buf: &[u8],
+    position: usize,
+    h: &[u8],
+    archive_len_max: usize,
+) -> Result<(usize, usize), RecordError> {
     let version = h[AT_VERSION];
     if version != RECORD_VERSION || h[AT_FLAGS] != 0 || h[AT_RESERVED..AT_RESERVED + 2] != [0, 0] {
         return Err(RecordError::BadVersion { position, version });
@@ -273,14 +269,36 @@ pub fn decode_header(
             limit,
         });
     }
-    let needed = record_len(len);
-    if available < needed {
+    let total = record_len(len);
+    let available = buf.len() - position;
+    if available < total {
         return Err(RecordError::Truncated {
             position,
-            needed,
+            needed: total,
             available,
         });
     }
+    Ok((len, total))
+}
+
+/// Checks and decodes the header at `position`: alignment, header CRC, version and length. It does
+/// not look at the archive; see [`decode`] for the full check.
+pub fn decode_header(
+    buf: &[u8],
+    position: usize,
+    archive_len_max: usize,
+) -> Result<RecordHeader, RecordError> {
+    let h = header_bytes(buf, position)?;
+    let stored = read_u32(h, AT_HEADER_CRC);
+    let computed = crc32fast::hash(&h[..AT_HEADER_CRC]);
+    if stored != computed {
+        return Err(RecordError::HeaderCrc {
+            position,
+            stored,
+            computed,
+        });
+    }
+    let (len, _) = check_shape(buf, position, h, archive_len_max)?;
     Ok(RecordHeader {
         archive_crc: read_u32(h, AT_ARCHIVE_CRC),
         archive_len: len as u32,
@@ -385,48 +403,17 @@ pub fn decode(
 }
 
 /// Checks the producer-side part of a record: the version byte, the archive length, the archive
-/// CRC, the padding and the archive's structure. The header's broker fields (offset, timestamp, header CRC) are ignored:
-/// the broker overwrites them with [`stamp_header`]. Returns the record's total length.
+/// CRC, the padding and the archive's structure. The header's broker fields (offset, timestamp,
+/// header CRC) are ignored: the broker overwrites them with [`stamp_header`]. A producer claiming
+/// another format version or setting reserved bits speaks a format this broker does not know: it is
+/// refused rather than restamped. Returns the record's total length.
 pub fn check_produced(
     buf: &[u8],
     position: usize,
     archive_len_max: usize,
 ) -> Result<usize, RecordError> {
-    if position % RECORD_ALIGN != 0 {
-        return Err(RecordError::Misaligned { position });
-    }
-    let available = buf.len().saturating_sub(position);
-    if available < HEADER_LEN {
-        return Err(RecordError::Truncated {
-            position,
-            needed: HEADER_LEN,
-            available,
-        });
-    }
-    let h = &buf[position..position + HEADER_LEN];
-    // The broker restamps these bytes, but a producer claiming another format version or setting
-    // reserved bits is speaking a format this broker does not know: refuse rather than guess.
-    let version = h[AT_VERSION];
-    if version != RECORD_VERSION || h[AT_FLAGS] != 0 || h[AT_RESERVED..AT_RESERVED + 2] != [0, 0] {
-        return Err(RecordError::BadVersion { position, version });
-    }
-    let len = read_u32(h, AT_ARCHIVE_LEN) as usize;
-    let limit = archive_len_max.min(ARCHIVE_LEN_MAX);
-    if len == 0 || len > limit {
-        return Err(RecordError::BadLength {
-            position,
-            len,
-            limit,
-        });
-    }
-    let total = record_len(len);
-    if available < total {
-        return Err(RecordError::Truncated {
-            position,
-            needed: total,
-            available,
-        });
-    }
+    let h = header_bytes(buf, position)?;
+    let (len, total) = check_shape(buf, position, h, archive_len_max)?;
     let stored = read_u32(h, AT_ARCHIVE_CRC);
     let start = position + HEADER_LEN;
     let archive = &buf[start..start + len];
