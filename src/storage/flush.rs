@@ -35,20 +35,16 @@ pub(crate) type SyncDirFn = Box<dyn Fn(&std::path::Path) -> io::Result<()> + Sen
 /// Replaces a small metadata file (`Io::write_file`).
 pub(crate) type WriteFileFn = Box<dyn Fn(&std::path::Path, &[u8]) -> io::Result<()> + Send>;
 
-/// Work that must follow a flush: written once the segment's bytes are durable (a checkpoint
-/// describes durable data only), then the segment file is trimmed.
+/// A checkpoint to write once the bytes it describes are durable (a checkpoint describes durable
+/// data only). It does not cause a flush by itself: it rides on the next one (a durable ack, the
+/// interval, or close), so a roll under `Durability::None` costs no fdatasync.
 pub(crate) struct AfterFlush {
     /// Checkpoint file to write.
     pub path: PathBuf,
     /// Its encoded content.
     pub bytes: Vec<u8>,
-    /// Trim this segment file to this many bytes (a sealed segment gives back its unused
-    /// reservation).
-    pub trim: Option<(Arc<dyn SegmentMap>, usize)>,
     /// The next offset the checkpoint covers; the job waits until `durable` reaches it.
     pub covers: u64,
-    /// Set once the job ran: the segment's file may then be recycled (nothing trims it later).
-    pub done: Arc<AtomicBool>,
 }
 
 /// A mapping that may hold unflushed bytes, with the next offset at its end once it is sealed.
@@ -306,9 +302,8 @@ fn run(
         // unflushed bytes, or we are told to stop.
         loop {
             let written = shared.written.load(Ordering::Acquire);
-            let pending_after = st.after.iter().any(|a| a.covers <= written);
             let due = interval.is_some_and(|i| last_flush.elapsed() >= i) && written > st.durable;
-            if st.error.is_none() && (st.requested > st.durable || due || pending_after) {
+            if st.error.is_none() && (st.requested > st.durable || due) {
                 break;
             }
             if st.shutdown {
@@ -379,12 +374,6 @@ fn run(
                         tracing::warn!(path = %a.path.display(), error = %e, "index checkpoint not written");
                         continue;
                     }
-                    if let Some((map, len)) = a.trim {
-                        if let Err(e) = map.trim(len) {
-                            tracing::warn!(path = %a.path.display(), error = %e, "sealed segment not trimmed");
-                        }
-                    }
-                    a.done.store(true, Ordering::Release);
                 }
             }
             Err(e) => {

@@ -80,9 +80,6 @@ pub trait SegmentMap: Send + Sync + 'static {
     /// # Safety
     /// As for [`SegmentMap::write`]: no reference to the range is alive.
     unsafe fn zero(&self, position: usize, len: usize) -> io::Result<()>;
-    /// Shrinks the file to `len` bytes once a segment is sealed and flushed. The mapping keeps its
-    /// length; nothing past `len` is ever read again.
-    fn trim(&self, len: usize) -> io::Result<()>;
     /// Borrows `position..position + len`.
     ///
     /// # Safety
@@ -285,10 +282,6 @@ mod mmap {
             }
             Ok(())
         }
-
-        fn trim(&self, len: usize) -> io::Result<()> {
-            self.file.set_len(len as u64)
-        }
     }
 }
 
@@ -329,7 +322,7 @@ struct SimFileState {
     durable: Vec<u8>,
     /// Pages written since the last flush.
     dirty: BTreeSet<usize>,
-    /// File length after a trim (the mapping keeps its length).
+    /// File length.
     len: usize,
 }
 
@@ -650,12 +643,6 @@ impl SegmentMap for Arc<SimFile> {
                 *d = 0;
             }
         }
-        Ok(())
-    }
-
-    fn trim(&self, len: usize) -> io::Result<()> {
-        let mut st = lock(&self.state);
-        st.len = st.len.min(len);
         Ok(())
     }
 }

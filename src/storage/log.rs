@@ -427,15 +427,11 @@ impl<I: Io> Log<I> {
         let old = self.active();
         let checkpoint = old.checkpoint();
         let old_map = dyn_map(&old.map);
-        old.settled
-            .store(false, std::sync::atomic::Ordering::Release);
         let after = AfterFlush {
-            done: old.settled.clone(),
             path: old
                 .path
                 .with_file_name(segment::index_name(old.base_offset)),
             bytes: checkpoint.encode(),
-            trim: Some((old_map.clone(), old.len)),
             covers: old.next_offset,
         };
         let covers = old.next_offset;
@@ -677,8 +673,8 @@ impl<I: Io> Log<I> {
                     source,
                 })?
         };
-        // A sealed segment's file was trimmed to its data; give it back its reservation before it
-        // takes appends again.
+        // The segment becomes the active one again: make sure its file has the full reservation
+        // (a file recovered shorter, or written under a smaller segment_bytes, may not).
         let path = segment.path.clone();
         let map = Arc::new(
             io.open(&path, Some(segment_bytes))
@@ -714,6 +710,11 @@ impl<I: Io> Log<I> {
             let _ = h.join();
         }
         let active = self.active();
+        let segment_path = active.path.clone();
+        active
+            .erase_tail()
+            .and_then(|()| active.map.flush())
+            .map_err(|e| StorageError::io("erase tail of", &segment_path, e))?;
         let path = active
             .path
             .with_file_name(segment::index_name(active.base_offset));

@@ -4,7 +4,8 @@
 //! 1. Stray files are removed: a half-prepared next segment, temporary checkpoint files, and
 //!    checkpoints without a segment.
 //! 2. Segments are taken in base-offset order. Each must start where the previous one ended; at a
-//!    gap or overlap the log is cut before that segment.
+//!    gap or overlap the log is cut before that segment. A segment followed by one that starts
+//!    exactly where its valid records end is complete: what fails after them is an unused tail.
 //! 3. A segment's checkpoint (`.index`) is used only if it checks out: CRC, base offset, entry
 //!    order, and each entry pointing at a record header with the right offset and time. The scan
 //!    then starts at its last entry; otherwise at byte 0, and the index is rebuilt.
@@ -184,7 +185,10 @@ fn trusted_start(
     if checkpoint.base_offset != base_offset || checkpoint.data_len > data.len() as u64 {
         return None;
     }
-    for e in &checkpoint.entries {
+    // The checkpoint's own CRC vouches for its entries; check that the last one still points at
+    // the record it names. Checking every entry would read the whole log at every open (one header
+    // per index interval touches every page).
+    if let Some(e) = checkpoint.entries.last() {
         let h = record::decode_header(data, e.position as usize, archive_len_max).ok()?;
         if h.offset != base_offset + e.relative_offset as u64 || h.timestamp_ms != e.timestamp_ms {
             return None;
@@ -320,7 +324,15 @@ pub(crate) fn recover<I: Io>(
             i64::MIN
         };
         segment.first_timestamp_ms = first_ts;
-        if let ScanEnd::Cut(reason) = s.end {
+        // A segment that is followed by one starting exactly where its valid records end is
+        // complete: whatever fails after them is its unused tail (stale bytes of a recycled file),
+        // not damage, and cutting there would delete acknowledged records of later segments.
+        let followed = bases.get(i + 1) == Some(&s.next_offset) && s.next_offset > base;
+        let end = match s.end {
+            ScanEnd::Cut(_) if followed => ScanEnd::Clean,
+            end => end,
+        };
+        if let ScanEnd::Cut(reason) = end {
             tracing::warn!(dir = %dir.display(), segment = base, position = s.position, %reason, "cutting log at invalid record");
             report.truncation = Some(Truncation {
                 segment: base,

@@ -51,9 +51,6 @@ pub struct Segment<M: SegmentMap> {
     pub(crate) first_timestamp_ms: Option<i64>,
     /// Cloned into every slice handed to a reader; a count of 1 means nobody reads this segment.
     pub(crate) readers: Arc<()>,
-    /// True when no flusher job will touch the file any more (its seal job ran, or it was never
-    /// sealed by this process): only then may the file be recycled.
-    pub(crate) settled: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl<M: SegmentMap> Segment<M> {
@@ -68,15 +65,12 @@ impl<M: SegmentMap> Segment<M> {
             max_timestamp_ms: i64::MIN,
             first_timestamp_ms: None,
             readers: Arc::new(()),
-            settled: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         }
     }
 
-    /// True when the file can be reused for a new segment: no reader holds its bytes and no
-    /// flusher job will trim it.
+    /// True when the file can be reused for a new segment: no reader holds its bytes.
     pub(crate) fn recyclable(&self) -> bool {
         Arc::strong_count(&self.readers) == 1
-            && self.settled.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// True when the segment holds no record.
@@ -178,6 +172,13 @@ impl<M: SegmentMap> Segment<M> {
             max_timestamp_ms: self.max_timestamp_ms,
             entries: self.index.entries().to_vec(),
         }
+    }
+
+    /// Erases everything after the last record (no reader can hold those bytes), so that a reopen
+    /// finds zeros there and not the stale records of a recycled file.
+    pub(crate) fn erase_tail(&self) -> std::io::Result<()> {
+        // SAFETY: slices never cover bytes at or past `len`, and we are the only writer.
+        unsafe { self.map.zero(self.len, self.map.len() - self.len) }
     }
 
     /// Cuts the segment at `position` (a record boundary holding `next_offset`) and erases what
