@@ -286,9 +286,10 @@ fn given_random_power_cuts_when_recovering_should_keep_every_acknowledged_record
         drop(log);
         let (log, report) = Log::open(crashed.clone(), "/d/p", cfg.clone())
             .unwrap_or_else(|e| panic!("trial {trial}: {e}"));
+        // Segments after a torn tail may go, but never one holding an acknowledged record.
         assert!(
-            report.segments_removed.is_empty(),
-            "trial {trial}: {report:?}"
+            report.segments_removed.iter().all(|&base| base >= acked),
+            "trial {trial}: acknowledged {acked}: {report:?}"
         );
         assert!(
             log.next_offset() >= acked,
