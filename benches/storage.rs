@@ -77,7 +77,9 @@ fn batch(value_len: usize, bytes: usize) -> AlignedVec<16> {
 }
 
 fn open(dir: &Path, config: LogConfig) -> MmapLog {
-    Log::open(MmapIo, dir, config).expect("open log").0
+    Log::open(MmapIo::default(), dir, config)
+        .expect("open log")
+        .0
 }
 
 /// Blocks the calling thread on a future (the flusher wakes it from its own thread).
@@ -237,10 +239,10 @@ fn bench_segment_prepare(c: &mut Criterion) {
             let mut timed = Duration::ZERO;
             for _ in 0..iters {
                 let start = Instant::now();
-                let map = MmapIo.create(&path, SEGMENT).expect("create");
+                let map = MmapIo::default().create(&path, SEGMENT).expect("create");
                 timed += start.elapsed();
                 drop(map);
-                MmapIo.remove(&path).expect("remove");
+                MmapIo::default().remove(&path).expect("remove");
             }
             timed
         })
@@ -502,7 +504,8 @@ fn bench_read(c: &mut Criterion) {
                     let _ = std::fs::write("/proc/sys/vm/drop_caches", "1");
                 }
                 let start = Instant::now();
-                let (log, report) = Log::open(MmapIo, st.dir.path(), read_config()).expect("open");
+                let (log, report) =
+                    Log::open(MmapIo::default(), st.dir.path(), read_config()).expect("open");
                 timed += start.elapsed();
                 assert!(report.truncation.is_none() && report.indexes_rebuilt.is_empty());
                 st.log = Some(log);

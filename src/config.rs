@@ -139,6 +139,8 @@ pub struct BrokerConfig {
     pub shard_queue_max: usize,
     /// glommio `spin_before_park` in µs; 0 disables spinning.
     pub spin_before_park_us: u64,
+    /// How appends reach segment files: `pwrite` or `mmap`.
+    pub segment_write: crate::storage::WritePath,
 }
 
 impl Default for BrokerConfig {
@@ -168,6 +170,7 @@ impl Default for BrokerConfig {
             io_memory_bytes: 1 << 20,
             shard_queue_max: 4096,
             spin_before_park_us: 0,
+            segment_write: crate::storage::WritePath::Pwrite,
         }
     }
 }
@@ -245,6 +248,9 @@ pub struct ConfigLayer {
     /// Spin this many µs before parking a shard, 0 = off [default: 0].
     #[arg(long, env = "LEVEE_SPIN_BEFORE_PARK_US")]
     pub spin_before_park_us: Option<u64>,
+    /// How appends reach segment files: pwrite | mmap [default: pwrite].
+    #[arg(long, env = "LEVEE_SEGMENT_WRITE")]
+    pub segment_write: Option<String>,
 }
 
 /// Why the configuration was refused.
@@ -318,7 +324,8 @@ impl ConfigLayer {
             fetch_wait_max_ms,
             io_memory_bytes,
             shard_queue_max,
-            spin_before_park_us
+            spin_before_park_us,
+            segment_write
         )
     }
 
@@ -333,6 +340,17 @@ impl ConfigLayer {
         let log_format = match self.log_format {
             Some(s) => s.parse().map_err(|m| invalid("log_format", m))?,
             None => d.log_format,
+        };
+        let segment_write = match self.segment_write.as_deref() {
+            None => d.segment_write,
+            Some("pwrite") => crate::storage::WritePath::Pwrite,
+            Some("mmap") => crate::storage::WritePath::Mmap,
+            Some(other) => {
+                return Err(invalid(
+                    "segment_write",
+                    format!("'{other}': expected pwrite or mmap"),
+                ))
+            }
         };
         let unlimited = |v: Option<u64>, default: Option<u64>| match v {
             Some(0) => None,
@@ -365,6 +383,7 @@ impl ConfigLayer {
             io_memory_bytes: self.io_memory_bytes.unwrap_or(d.io_memory_bytes),
             shard_queue_max: self.shard_queue_max.unwrap_or(d.shard_queue_max),
             spin_before_park_us: self.spin_before_park_us.unwrap_or(d.spin_before_park_us),
+            segment_write,
         };
         c.validate()?;
         Ok(c)

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use levee::record::{self, Message, Records};
-use levee::storage::{Durability, Io, Log, LogConfig, MmapIo, SimIo, TruncationReason};
+use levee::storage::{Durability, Io, Log, LogConfig, MmapIo, SimIo, TruncationReason, WritePath};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -79,9 +79,13 @@ struct Extent {
 
 /// Writes records under Sync (each acknowledged once durable) and returns the segment file's
 /// bytes, the checkpoint file's bytes if `close`, the messages and each record's extent.
-fn write_sync_segment(close: bool) -> (Vec<u8>, Option<Vec<u8>>, Vec<Message>, Vec<Extent>) {
+fn write_sync_segment(
+    close: bool,
+    write_path: WritePath,
+) -> (Vec<u8>, Option<Vec<u8>>, Vec<Message>, Vec<Extent>) {
     let dir = scratch_dir();
-    let (mut log, _) = Log::open(MmapIo, dir.path(), config(Durability::Sync)).unwrap();
+    let (mut log, _) =
+        Log::open(MmapIo { write_path }, dir.path(), config(Durability::Sync)).unwrap();
     let mut written = Vec::new();
     let mut ends = Vec::new();
     let mut end = 0;
@@ -125,8 +129,8 @@ fn reset_dir(dir: &Path, files: &[(PathBuf, &[u8])]) {
     }
 }
 
-fn cut_every_byte_of_tail(close: bool) {
-    let (bytes, checkpoint, written, ends) = write_sync_segment(close);
+fn cut_every_byte_of_tail(close: bool, write_path: WritePath) {
+    let (bytes, checkpoint, written, ends) = write_sync_segment(close, write_path);
     let data_len = ends.last().unwrap().end;
     let dir = scratch_dir();
     let seg = PathBuf::from(format!("{:020}.log", 0));
@@ -137,7 +141,7 @@ fn cut_every_byte_of_tail(close: bool) {
             files.push((index.clone(), &cp[..]));
         }
         reset_dir(dir.path(), &files);
-        let (log, report) = Log::open(MmapIo, dir.path(), config(Durability::Sync))
+        let (log, report) = Log::open(MmapIo::default(), dir.path(), config(Durability::Sync))
             .unwrap_or_else(|e| panic!("open after cut at {cut}: {e}"));
         // A cut loses bytes and the reservation brings back zeros: a record survives exactly when
         // every byte it lost was a zero (its padding, or trailing zeros of the archive).
@@ -159,7 +163,8 @@ fn cut_every_byte_of_tail(close: bool) {
         assert_eq!(check_prefix(&log, &written), survivors);
         drop(log);
         // Recovery is idempotent: a second open finds a clean log with the same content.
-        let (log, report) = Log::open(MmapIo, dir.path(), config(Durability::Sync)).unwrap();
+        let (log, report) =
+            Log::open(MmapIo::default(), dir.path(), config(Durability::Sync)).unwrap();
         assert_eq!(
             report.truncation, None,
             "second recovery after cut at {cut}"
@@ -170,17 +175,22 @@ fn cut_every_byte_of_tail(close: bool) {
 
 #[test]
 fn given_segment_cut_at_every_byte_of_its_last_8kib_should_keep_exactly_the_valid_prefix() {
-    cut_every_byte_of_tail(false);
+    cut_every_byte_of_tail(false, WritePath::Pwrite);
+}
+
+#[test]
+fn given_mmap_write_path_when_cut_at_every_byte_of_the_tail_should_keep_exactly_the_valid_prefix() {
+    cut_every_byte_of_tail(false, WritePath::Mmap);
 }
 
 #[test]
 fn given_checkpoint_past_the_cut_when_recovering_should_distrust_it_and_keep_the_valid_prefix() {
-    cut_every_byte_of_tail(true);
+    cut_every_byte_of_tail(true, WritePath::Pwrite);
 }
 
 #[test]
 fn given_random_byte_flips_when_recovering_should_keep_records_before_the_first_damage() {
-    let (bytes, _, written, ends) = write_sync_segment(false);
+    let (bytes, _, written, ends) = write_sync_segment(false, WritePath::Pwrite);
     let data_len = ends.last().unwrap().end;
     let dir = scratch_dir();
     let seg = PathBuf::from(format!("{:020}.log", 0));
@@ -196,7 +206,8 @@ fn given_random_byte_flips_when_recovering_should_keep_records_before_the_first_
             first = first.min(p);
         }
         reset_dir(dir.path(), &[(seg.clone(), &damaged[..])]);
-        let (log, report) = Log::open(MmapIo, dir.path(), config(Durability::None)).unwrap();
+        let (log, report) =
+            Log::open(MmapIo::default(), dir.path(), config(Durability::None)).unwrap();
         // A flip anywhere in a record (header, archive or padding) invalidates that record.
         let expected = ends.iter().filter(|e| e.end <= first).count() as u64;
         assert_eq!(

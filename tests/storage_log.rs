@@ -85,7 +85,7 @@ fn block_on<F: Future>(f: F) -> F::Output {
 #[test]
 fn given_appends_on_real_files_when_reopened_after_close_should_read_everything() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut log, report) = Log::open(MmapIo, dir.path(), small_config()).unwrap();
+    let (mut log, report) = Log::open(MmapIo::default(), dir.path(), small_config()).unwrap();
     assert_eq!(report.next_offset, 0);
     let mut expected = Vec::new();
     for i in 0..500 {
@@ -98,7 +98,7 @@ fn given_appends_on_real_files_when_reopened_after_close_should_read_everything(
     assert_eq!(read_all(&log), expected);
     log.close().unwrap();
 
-    let (log, report) = Log::open(MmapIo, dir.path(), small_config()).unwrap();
+    let (log, report) = Log::open(MmapIo::default(), dir.path(), small_config()).unwrap();
     assert_eq!(report.truncation, None);
     assert!(report.indexes_rebuilt.is_empty(), "{report:?}");
     assert_eq!(log.next_offset(), 500);
@@ -108,12 +108,12 @@ fn given_appends_on_real_files_when_reopened_after_close_should_read_everything(
 #[test]
 fn given_dropped_log_without_close_when_reopened_should_rebuild_and_keep_everything() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut log, _) = Log::open(MmapIo, dir.path(), small_config()).unwrap();
+    let (mut log, _) = Log::open(MmapIo::default(), dir.path(), small_config()).unwrap();
     for i in 0..300 {
         log.append_message(&message(i, 500)).unwrap();
     }
     drop(log); // a process crash leaves the page cache: nothing is lost, the tail is rescanned
-    let (log, report) = Log::open(MmapIo, dir.path(), small_config()).unwrap();
+    let (log, report) = Log::open(MmapIo::default(), dir.path(), small_config()).unwrap();
     assert_eq!(report.truncation, None);
     assert_eq!(log.next_offset(), 300);
     assert_eq!(read_all(&log).len(), 300);
@@ -234,7 +234,7 @@ fn given_retention_when_a_reader_holds_a_slice_should_keep_the_slice_valid() {
         ..small_config()
     };
     let dir = tempfile::tempdir().unwrap();
-    let (mut log, _) = Log::open(MmapIo, dir.path(), config).unwrap();
+    let (mut log, _) = Log::open(MmapIo::default(), dir.path(), config).unwrap();
     for i in 0..200 {
         log.append_message(&message(i, 1000)).unwrap();
     }

@@ -262,7 +262,9 @@ impl Shard {
         }
         let dir = self.catalog.partition_dir(&meta, partition);
         let (log, report) = Log::open(
-            MmapIo,
+            MmapIo {
+                write_path: self.config.segment_write,
+            },
             &dir,
             self.config
                 .log_config(meta.retention_bytes, meta.retention_ms),

@@ -34,7 +34,7 @@ pub use flush::{DurableWait, FlushError};
 pub use index::{Checkpoint, IndexEntry};
 pub use io::{Io, SegmentMap, SimIo};
 #[cfg(feature = "broker")]
-pub use io::{MmapIo, MmapSegment};
+pub use io::{MmapIo, MmapSegment, WritePath};
 pub use log::{Appended, Clock, Log, Slice};
 pub use recovery::{RecoveryReport, Truncation, TruncationReason};
 
