@@ -1,0 +1,53 @@
+//! `levee-loadtest`: drives a Levee broker with a scenario and reports what it measured next to
+//! the machine's own limits, measured in the same run.
+//!
+//! Scenarios:
+//! - `throughput`: produce and consume MB/s and msgs/s, ack latency per batch; with `--baseline`,
+//!   a raw TCP sink and source built on the same runtime and the same client socket.
+//! - `latency`: open-loop single messages at a fixed rate, ack and end-to-end latency measured
+//!   from each message's scheduled send time; or one in flight (`--one-in-flight`), compared with
+//!   a 64-byte TCP ping-pong (`--baseline`).
+//!
+//! Both start their own broker (the `levee` binary next to this one, or `$LEVEE_BIN`) in a
+//! temporary data dir on an OS-assigned port, and stop it with SIGTERM at the end; `--broker ADDR`
+//! measures a running one instead. loadtest/README.md has the commands and what they mean.
+
+mod baseline;
+mod broker;
+mod common;
+mod latency;
+mod report;
+mod throughput;
+
+use clap::{Parser, Subcommand};
+
+/// Load-test driver for Levee.
+#[derive(Debug, Parser)]
+#[command(name = "levee-loadtest", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// Produce and consume throughput, optionally against raw TCP baselines.
+    Throughput(throughput::ThroughputArgs),
+    /// Open-loop (or one-in-flight) single-message latency, optionally against a TCP ping-pong.
+    Latency(latency::LatencyArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.scenario {
+        Scenario::Throughput(args) => throughput::run(args),
+        Scenario::Latency(args) => latency::run(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
