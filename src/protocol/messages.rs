@@ -397,7 +397,27 @@ pub fn encode_produce(
     timeout_ms: u32,
     blocks: &[(&str, u32, &[u8])],
 ) {
+    let splits = encode_produce_head(out, correlation_id, acks, timeout_ms, blocks);
+    // Back to front, so the earlier split positions stay valid.
+    for (at, (_, _, run)) in splits.into_iter().zip(blocks).rev() {
+        out.splice(at..at, run.iter().copied());
+    }
+}
+
+/// Encodes a Produce request without its record runs, for a sender that writes the runs from
+/// where they lie (vectored I/O) instead of copying them: as [`encode_fetch_response`], `out`
+/// receives everything else and the returned positions say where each block's run goes. The
+/// size field counts the runs.
+pub fn encode_produce_head(
+    out: &mut Vec<u8>,
+    correlation_id: u32,
+    acks: Acks,
+    timeout_ms: u32,
+    blocks: &[(&str, u32, &[u8])],
+) -> Vec<usize> {
     begin_request(out, ApiKey::Produce, correlation_id);
+    let mut splits = Vec::with_capacity(blocks.len());
+    let mut runs = 0;
     let mut w = Writer::new(out);
     w.u8(acks as u8);
     w.u32(timeout_ms);
@@ -405,9 +425,13 @@ pub fn encode_produce(
     for (topic, partition, run) in blocks {
         w.str(topic);
         w.u32(*partition);
-        w.run(run);
+        // Runs are multiples of 16, so leaving them out does not change any padding.
+        w.run_header(run.len());
+        splits.push(w.len());
+        runs += run.len();
     }
-    finish_frame(out, 0);
+    finish_frame(out, runs);
+    splits
 }
 
 /// A shard's listener, as advertised in Metadata.
