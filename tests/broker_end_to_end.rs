@@ -167,6 +167,55 @@ fn given_deleted_offsets_when_consuming_should_apply_the_reset_policy() {
     assert_eq!(got.first().map(|r| r.offset), Some(earliest));
 }
 
+/// Retention runs at every roll too, not only on its timer: a partition under sustained load
+/// retires its oldest segment as it starts a new one (and reuses the file).
+#[test]
+fn given_retention_bytes_when_segments_roll_should_retire_before_the_retention_tick() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = TestBroker::start(
+        dir.path(),
+        &[
+            "--segment-bytes",
+            "1048576",
+            "--record-bytes-max",
+            "65536",
+            "--retention-check-ms",
+            "3600000",
+        ],
+    );
+    let client = Client::connect(&broker.addr.to_string(), ClientConfig::default()).unwrap();
+    client
+        .create_topic(
+            "roll",
+            TopicConfig {
+                partitions: 1,
+                retention_bytes: Some(2 << 20),
+                retention_ms: None,
+            },
+        )
+        .unwrap();
+    let producer = client
+        .producer(ProducerConfig {
+            acks: Acks::Written,
+            ..ProducerConfig::default()
+        })
+        .unwrap();
+    for i in 0..8000u32 {
+        producer.send(ProducerRecord::new("roll", vec![(i % 251) as u8; 1000]).with_partition(0));
+    }
+    producer.flush();
+    let p = &client.describe_topic("roll").unwrap().partitions[0];
+    assert_eq!(p.next, 8000);
+    assert!(p.earliest > 0, "nothing retired by the rolls: {p:?}");
+    // Over the limit by less than one segment: the one whose roll retires the next.
+    assert!(p.size_bytes <= 3 << 20, "{p:?}");
+    let mut config = ConsumerConfig::new("roll");
+    config.start = StartFrom::Earliest;
+    let mut consumer = client.consumer(config).unwrap();
+    let got = consumer.poll(Duration::from_secs(5)).unwrap();
+    assert_eq!(got.first().map(|r| r.offset), Some(p.earliest));
+}
+
 fn levee(broker: &TestBroker, args: &[&str], stdin: &str) -> (i32, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_levee"))
         .arg("--broker")

@@ -560,3 +560,44 @@ proptest! {
         }
     }
 }
+
+/// Found by the recovery fuzzer: a record whose header claims a longer archive (under a valid
+/// header CRC) inside the range a checkpoint vouches for. Recovery trusts the checkpoint, so the
+/// damage is only met on a read, and a read at an offset the bad record swallowed came back empty,
+/// which would leave a consumer polling there forever. It must be a typed `Corrupt` error.
+#[test]
+fn given_a_record_swallowing_its_successors_under_a_checkpoint_when_read_should_fail_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = Log::open(MmapIo::default(), dir.path(), small_config()).unwrap();
+    for i in 0..10 {
+        log.append_message(&message(i, 100)).unwrap();
+    }
+    log.close().unwrap();
+    let path = dir.path().join(format!("{:020}.log", 0));
+    let mut data = std::fs::read(&path).unwrap();
+    let len = record::decode_header(&data, 0, record::ARCHIVE_LEN_MAX)
+        .unwrap()
+        .record_len();
+    // Record 7 now claims every byte up to the end of record 9, the last.
+    let at = 7 * len;
+    let archive_len = (3 * len - record::HEADER_LEN) as u32;
+    data[at + 4..at + 8].copy_from_slice(&archive_len.to_le_bytes());
+    let ts = i64::from_le_bytes(data[at + 16..at + 24].try_into().unwrap());
+    record::stamp_header(&mut data[at..], 7, ts);
+    std::fs::write(&path, &data).unwrap();
+
+    let (log, _) = Log::open(MmapIo::default(), dir.path(), small_config()).unwrap();
+    assert_eq!(log.next_offset(), 10, "the checkpoint is trusted");
+    for offset in 0..7 {
+        assert!(log.read(offset, 1 << 20).unwrap().count() > 0);
+    }
+    // Offset 8 has no index entry of its own (one per 512 bytes: 0, 3, 6, 9), so finding it
+    // walks through record 7, which ends where the segment does.
+    for offset in [7, 8] {
+        match log.read(offset, 1 << 20) {
+            Err(StorageError::Corrupt { .. }) => {}
+            Err(e) => panic!("read at {offset}: {e}"),
+            Ok(s) => panic!("read at {offset} served {} records", s.count()),
+        }
+    }
+}

@@ -45,8 +45,14 @@ pub fn unique_topic(scenario: &str) -> String {
     format!("loadtest-{scenario}-{}-{ms}", std::process::id())
 }
 
-/// Connects and creates `topic` with `partitions` partitions.
-pub fn setup_topic(addr: &str, topic: &str, partitions: u32) -> anyhow::Result<Client> {
+/// Connects and creates `topic` with `partitions` partitions, keeping at most `retention_bytes`
+/// per partition (`None`: no limit).
+pub fn setup_topic(
+    addr: &str,
+    topic: &str,
+    partitions: u32,
+    retention_bytes: Option<u64>,
+) -> anyhow::Result<Client> {
     let client = Client::connect(addr, ClientConfig::default())
         .with_context(|| format!("cannot connect to the broker at {addr}"))?;
     client
@@ -54,7 +60,7 @@ pub fn setup_topic(addr: &str, topic: &str, partitions: u32) -> anyhow::Result<C
             topic,
             TopicConfig {
                 partitions,
-                retention_bytes: None,
+                retention_bytes,
                 retention_ms: None,
             },
         )

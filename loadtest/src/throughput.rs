@@ -18,6 +18,13 @@
 //! direction is measured alone, like its baseline. `concurrent` runs both at once; consumers then
 //! follow the producers with long polls.
 //!
+//! **Warm-up** (`--warmup-messages`, with `--retention-bytes`): messages produced before the
+//! measured phases, untimed and not consumed. With retention below what the warm-up wrote, the
+//! measured phase runs as a long-lived broker does: every roll retires the oldest segment and the
+//! retired file, its pages resident, becomes a later segment. Without it every byte lands in pages
+//! the kernel has to find first, which on a VM can cost more than the rest of the append (see
+//! tuning.md); both figures are worth knowing.
+//!
 //! **Baselines** (`--baseline`, before the Levee phases): the same produce frames written raw into
 //! a glommio sink, and the same number of bytes read raw from a glommio source (see `baseline`).
 
@@ -88,6 +95,13 @@ pub struct ThroughputArgs {
     /// Fetches in flight per partition (1: one request, one response, like `Client::fetch`).
     #[arg(long, default_value_t = 4)]
     pub fetch_in_flight: usize,
+    /// Messages produced before the measured phases, untimed and never consumed.
+    #[arg(long, default_value_t = 0)]
+    pub warmup_messages: u64,
+    /// Retention of the test topic, bytes per partition [default: unlimited]. It must keep what
+    /// the measured phase writes, or the consumers fail on an out-of-range offset.
+    #[arg(long)]
+    pub retention_bytes: Option<u64>,
     /// Whether consumers run after the producers or alongside them.
     #[arg(long, value_enum, default_value_t = Phases::Sequential)]
     pub phases: Phases,
@@ -650,7 +664,7 @@ fn measure(
     produce_for: Duration,
     time_limit: Duration,
 ) -> anyhow::Result<ThroughputResults> {
-    let client = common::setup_topic(&broker.addr, topic, args.partitions)?;
+    let client = common::setup_topic(&broker.addr, topic, args.partitions, args.retention_bytes)?;
     let addrs = common::partition_addrs(&client, &broker.addr, topic)?;
     let acks: Acks = args.acks.into();
     let concurrent = args.phases == Phases::Concurrent;
@@ -663,24 +677,33 @@ fn measure(
         records_per_fetch: (args.fetch_bytes as usize / batch.record_len).max(1) as u64,
         deadline,
     };
-    let consumer_parts = |j: u32| -> anyhow::Result<Vec<(u32, Arc<Connection>, u64)>> {
-        let parts = consumer_partitions(j, args.consumers, args.partitions);
-        let conns = common::connections_for(&addrs, &parts)?;
-        parts
-            .iter()
-            .map(|&p| {
-                let start = client.list_offsets(topic, p, OffsetSpec::Earliest)?;
-                Ok((p, conns[&p].clone(), start))
-            })
-            .collect()
-    };
-
     let producer_conns = (0..args.producers)
         .map(|i| {
             let parts = producer_partitions(i, args.producers, args.partitions);
             Ok((parts.clone(), common::connections_for(&addrs, &parts)?))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let starts = if args.warmup_messages > 0 {
+        warm_up(args, &producer_conns, topic, batch, time_limit)?;
+        log_ends(&client, topic, args.partitions)?
+    } else {
+        HashMap::new()
+    };
+    let consumer_parts = |j: u32| -> anyhow::Result<Vec<(u32, Arc<Connection>, u64)>> {
+        let parts = consumer_partitions(j, args.consumers, args.partitions);
+        let conns = common::connections_for(&addrs, &parts)?;
+        parts
+            .iter()
+            .map(|&p| {
+                // The log end after the warm-up; past what retention deleted in any case.
+                let start = client
+                    .list_offsets(topic, p, OffsetSpec::Earliest)?
+                    .max(starts.get(&p).copied().unwrap_or(0));
+                Ok((p, conns[&p].clone(), start))
+            })
+            .collect()
+    };
+
     let consumer_inputs = if concurrent {
         (0..args.consumers)
             .map(consumer_parts)
@@ -805,6 +828,46 @@ fn measure(
         fetches: consumed.iter().map(|c| c.fetches).sum(),
         baseline: None,
     })
+}
+
+/// Produces `--warmup-messages` with the producers' own connections, untimed.
+fn warm_up(
+    args: &ThroughputArgs,
+    producer_conns: &[(Vec<u32>, HashMap<u32, Arc<Connection>>)],
+    topic: &str,
+    batch: &Batch,
+    time_limit: Duration,
+) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    let start = Barrier::new(producer_conns.len());
+    std::thread::scope(|s| {
+        let handles: Vec<_> = producer_conns
+            .iter()
+            .enumerate()
+            .map(|(i, (parts, conns))| {
+                let plan = ProducerPlan {
+                    partitions: parts.clone(),
+                    messages: share(args.warmup_messages, args.producers, i as u32),
+                    deadline: Instant::now() + time_limit,
+                    in_flight: args.in_flight,
+                    // Acknowledged, so the warm-up is over when it is stored.
+                    acks: Acks::Written,
+                };
+                let start = &start;
+                s.spawn(move || run_producer(&plan, conns, topic, batch, start))
+            })
+            .collect();
+        for h in handles {
+            h.join().expect("warm-up producer panicked")?;
+        }
+        anyhow::Ok(())
+    })?;
+    println!(
+        "warm-up:   {} messages in {:.3} s (untimed)",
+        args.warmup_messages,
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 /// With `--acks none`, waits until the broker shows `total` records stored; returns when.

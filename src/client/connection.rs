@@ -738,3 +738,34 @@ fn read_frames(shared: &ConnShared, stream: &mut TcpStream) -> Result<(), String
         end += n;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn given_a_returned_buffer_when_a_shorter_frame_takes_it_should_keep_its_length() {
+        let pool = FramePool::default();
+        let mut big = pool.take(1000);
+        assert!(big.len() >= 1000);
+        big[999] = 7;
+        pool.give(big);
+        // Reused whole: no shrinking, so no zeroing when a longer frame comes back later.
+        let again = pool.take(10);
+        assert_eq!(again.len(), 1000);
+        assert_eq!(again[999], 7);
+        assert_eq!(again.as_ptr() as usize % 16, 0);
+    }
+
+    #[test]
+    fn given_a_full_pool_when_more_is_returned_should_drop_it() {
+        let pool = FramePool::default();
+        let (a, b) = (pool.take(FRAME_POOL_BYTES_MAX), pool.take(16));
+        pool.give(a);
+        pool.give(b);
+        assert_eq!(lock(&pool.0).len(), 1);
+        assert_eq!(lock(&pool.0)[0].len(), FRAME_POOL_BYTES_MAX);
+        let held: usize = lock(&pool.0).iter().map(|b| b.len()).sum();
+        assert!(held <= FRAME_POOL_BYTES_MAX);
+    }
+}

@@ -17,7 +17,7 @@ use super::io::{Io, SegmentMap};
 use super::recovery::{self, RecoveryReport};
 use super::segment::{self, Segment};
 use super::{Durability, LogConfig, StorageError};
-use crate::record::{self, Check, Message, RecordError, RECORD_ALIGN};
+use crate::record::{self, Check, Message, RecordError, HEADER_LEN, RECORD_ALIGN};
 
 /// The wall clock the log stamps appends with, in ms since the Unix epoch; replaceable in tests.
 pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
@@ -32,6 +32,27 @@ fn system_clock() -> i64 {
 const PREPARED_NAME: &str = "next.segment.prepared";
 /// Name of a retired segment file kept for reuse as the next segment.
 const RECYCLED_NAME: &str = "next.segment.recycled";
+/// How far ahead of the CRC check a read asks the CPU to load the records. Reads stream from
+/// memory (the records were written long before), and the hardware prefetcher stops at every
+/// 4 KiB page boundary; asking two pages ahead hides that latency.
+const PREFETCH_BYTES: usize = 8 << 10;
+
+/// Starts loading `bytes` into the CPU caches (a hint: nothing happens where unsupported).
+#[inline]
+fn prefetch(bytes: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in bytes.chunks(64) {
+        // SAFETY: a prefetch is a hint that never faults and reads nothing into the program; the
+        // address is inside `bytes` anyway.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                line.as_ptr().cast(),
+            )
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = bytes;
+}
 
 /// The offsets an append was given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,6 +227,11 @@ impl<I: Io> Log<I> {
             .iter()
             .map(|s| (s.base_offset, s.next_offset, s.len))
             .collect()
+    }
+
+    /// Number of segments, the active one included.
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
     }
 
     /// Flush rounds completed so far (one round can cover many appends: group commit).
@@ -490,7 +516,13 @@ impl<I: Io> Log<I> {
         let data = segment.written();
         let mut end = start;
         let mut at = offset;
+        let mut ahead = start;
         while end < segment.len {
+            let wanted = (end + PREFETCH_BYTES).min(segment.len);
+            if wanted > ahead {
+                prefetch(&data[ahead..wanted]);
+                ahead = wanted;
+            }
             let checked = record::decode(data, end, max, Check::Crc).and_then(|r| {
                 if r.offset() == at {
                     Ok(r)
@@ -520,6 +552,19 @@ impl<I: Io> Log<I> {
                     break;
                 }
             }
+        }
+        if end == start {
+            // The segment's bookkeeping (from a checkpoint recovery trusted) promises a record
+            // here but its bytes end, e.g. a damaged length under the checkpoint swallowed it: an
+            // empty answer would leave a consumer polling forever (found by the recovery fuzzer).
+            return Err(corrupt(
+                offset,
+                RecordError::Truncated {
+                    position: start,
+                    needed: HEADER_LEN,
+                    available: segment.len.saturating_sub(start),
+                },
+            ));
         }
         Ok(Slice {
             map: segment.map.clone(),
