@@ -5,6 +5,7 @@ mod common;
 
 use std::collections::VecDeque;
 use std::io::Write;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -109,38 +110,7 @@ fn given_a_million_messages_over_8_partitions_when_read_back_and_after_restart_s
 #[test]
 fn given_deleted_offsets_when_consuming_should_apply_the_reset_policy() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = TestBroker::start(
-        dir.path(),
-        &[
-            "--segment-bytes",
-            "1048576",
-            "--record-bytes-max",
-            "65536",
-            "--retention-check-ms",
-            "100",
-        ],
-    );
-    let client = Client::connect(&broker.addr.to_string(), ClientConfig::default()).unwrap();
-    client
-        .create_topic(
-            "r",
-            TopicConfig {
-                partitions: 1,
-                retention_bytes: Some(1),
-                retention_ms: None,
-            },
-        )
-        .unwrap();
-    let producer = client
-        .producer(ProducerConfig {
-            acks: Acks::Written,
-            ..ProducerConfig::default()
-        })
-        .unwrap();
-    for i in 0..5000u32 {
-        producer.send(ProducerRecord::new("r", vec![(i % 251) as u8; 1000]).with_partition(0));
-    }
-    producer.flush();
+    let (_broker, client) = fill_with_retention(dir.path(), "100", "r", 1, 5000);
     // Retention keeps only the active segment: offset 0 is gone.
     let deadline = Instant::now() + Duration::from_secs(30);
     while client.describe_topic("r").unwrap().partitions[0].earliest == 0 {
@@ -167,29 +137,33 @@ fn given_deleted_offsets_when_consuming_should_apply_the_reset_policy() {
     assert_eq!(got.first().map(|r| r.offset), Some(earliest));
 }
 
-/// Retention runs at every roll too, not only on its timer: a partition under sustained load
-/// retires its oldest segment as it starts a new one (and reuses the file).
-#[test]
-fn given_retention_bytes_when_segments_roll_should_retire_before_the_retention_tick() {
-    let dir = tempfile::tempdir().unwrap();
+/// A broker with 1 MiB segments and retention run every `retention_check_ms`, and a one-partition
+/// `topic` keeping `retention_bytes`, into which `count` messages of 1000 bytes were produced.
+fn fill_with_retention(
+    dir: &Path,
+    retention_check_ms: &str,
+    topic: &str,
+    retention_bytes: u64,
+    count: u32,
+) -> (TestBroker, Client) {
     let broker = TestBroker::start(
-        dir.path(),
+        dir,
         &[
             "--segment-bytes",
             "1048576",
             "--record-bytes-max",
             "65536",
             "--retention-check-ms",
-            "3600000",
+            retention_check_ms,
         ],
     );
     let client = Client::connect(&broker.addr.to_string(), ClientConfig::default()).unwrap();
     client
         .create_topic(
-            "roll",
+            topic,
             TopicConfig {
                 partitions: 1,
-                retention_bytes: Some(2 << 20),
+                retention_bytes: Some(retention_bytes),
                 retention_ms: None,
             },
         )
@@ -200,10 +174,19 @@ fn given_retention_bytes_when_segments_roll_should_retire_before_the_retention_t
             ..ProducerConfig::default()
         })
         .unwrap();
-    for i in 0..8000u32 {
-        producer.send(ProducerRecord::new("roll", vec![(i % 251) as u8; 1000]).with_partition(0));
+    for i in 0..count {
+        producer.send(ProducerRecord::new(topic, vec![(i % 251) as u8; 1000]).with_partition(0));
     }
     producer.flush();
+    (broker, client)
+}
+
+/// Retention runs at every roll too, not only on its timer: a partition under sustained load
+/// retires its oldest segment as it starts a new one (and reuses the file).
+#[test]
+fn given_retention_bytes_when_segments_roll_should_retire_before_the_retention_tick() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_broker, client) = fill_with_retention(dir.path(), "3600000", "roll", 2 << 20, 8000);
     let p = &client.describe_topic("roll").unwrap().partitions[0];
     assert_eq!(p.next, 8000);
     assert!(p.earliest > 0, "nothing retired by the rolls: {p:?}");

@@ -206,6 +206,26 @@ struct ProducerPlan {
     acks: Acks,
 }
 
+impl ProducerPlan {
+    /// Producer `i`'s share of `total` messages to `partitions`, for at most `limit`.
+    fn of(
+        args: &ThroughputArgs,
+        partitions: &[u32],
+        i: usize,
+        total: u64,
+        limit: Duration,
+        acks: Acks,
+    ) -> ProducerPlan {
+        ProducerPlan {
+            partitions: partitions.to_vec(),
+            messages: share(total, args.producers, i as u32),
+            deadline: Instant::now() + limit,
+            in_flight: args.in_flight,
+            acks,
+        }
+    }
+}
+
 /// What one producer did.
 struct ProducerOutcome {
     messages: u64,
@@ -720,13 +740,7 @@ fn measure(
             .iter()
             .enumerate()
             .map(|(i, (parts, conns))| {
-                let plan = ProducerPlan {
-                    partitions: parts.clone(),
-                    messages: share(messages, args.producers, i as u32),
-                    deadline: Instant::now() + produce_for,
-                    in_flight: args.in_flight,
-                    acks,
-                };
+                let plan = ProducerPlan::of(args, parts, i, messages, produce_for, acks);
                 let start = &start;
                 std::thread::Builder::new()
                     .name(format!("producer-{i}"))
@@ -845,14 +859,9 @@ fn warm_up(
             .iter()
             .enumerate()
             .map(|(i, (parts, conns))| {
-                let plan = ProducerPlan {
-                    partitions: parts.clone(),
-                    messages: share(args.warmup_messages, args.producers, i as u32),
-                    deadline: Instant::now() + time_limit,
-                    in_flight: args.in_flight,
-                    // Acknowledged, so the warm-up is over when it is stored.
-                    acks: Acks::Written,
-                };
+                // Acknowledged, so the warm-up is over when it is stored.
+                let (total, acks) = (args.warmup_messages, Acks::Written);
+                let plan = ProducerPlan::of(args, parts, i, total, time_limit, acks);
                 let start = &start;
                 s.spawn(move || run_producer(&plan, conns, topic, batch, start))
             })

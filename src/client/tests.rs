@@ -866,3 +866,33 @@ fn given_connection_lost_under_a_batch_when_producing_should_reconnect_and_retry
     assert_eq!(attempts.load(Ordering::SeqCst), 2);
     producer.close();
 }
+
+#[test]
+fn given_several_blocks_when_producing_should_send_each_run_intact_from_the_callers_buffers() {
+    // The runs are written with vectored I/O straight from the caller's buffers, spliced between
+    // the request's own bytes: the broker must see exactly the frame `encode_produce` builds.
+    let seen: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let frames = seen.clone();
+    let broker = FakeBroker::start(&[], move |_, _, request, frame| {
+        if is_produce(request) {
+            lock(&frames).push(frame.to_vec());
+        }
+        Flow::Continue
+    });
+    let conn = Connection::connect(&broker.addr(), &test_config()).expect("connect");
+    let (a, b, c) = (stored_run(0..2), stored_run(10..13), stored_run(7..8));
+    let blocks: [(&str, u32, &[u8]); 4] = [
+        ("orders", 0, &a),
+        ("orders", 3, &b),
+        ("audit-log", 1, &[]),
+        ("o", 2, &c),
+    ];
+    let sent = conn.produce(Acks::None, 1234, &blocks).expect("written");
+    assert!(sent.is_none());
+    broker.wait_for(1, is_produce);
+    assert_eq!(broker.produces(), vec![(Acks::None, vec![2, 3, 0, 1])]);
+    let mut expected = Vec::new();
+    // The fake broker's first request gets correlation id 1 on a fresh connection.
+    crate::protocol::encode_produce(&mut expected, 1, Acks::None, 1234, &blocks);
+    assert_eq!(lock(&seen).as_slice(), &[expected]);
+}
