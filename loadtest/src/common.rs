@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use levee::client::{Client, ClientConfig, Connection, ResponseFrame};
-use levee::protocol::{Acks, ErrorCode, FetchBlock, FetchRequest, Request, Response, TopicConfig};
+use levee::protocol::{Acks, ErrorCode, FetchRequest, Request, Response, TopicConfig};
 use levee::record::{self, Message};
 use serde::Serialize;
 
@@ -193,17 +193,13 @@ pub fn fetch_request(
     max_bytes: u32,
     max_wait_ms: u32,
 ) -> Request {
-    Request::Fetch(FetchRequest {
-        max_wait_ms,
-        min_bytes: 1,
+    Request::Fetch(FetchRequest::one(
+        topic,
+        partition,
+        offset,
         max_bytes,
-        blocks: vec![FetchBlock {
-            topic: topic.to_string(),
-            partition,
-            offset,
-            max_bytes,
-        }],
-    })
+        max_wait_ms,
+    ))
 }
 
 /// The record run of a one-partition Fetch response, as a byte range of the frame, with the

@@ -346,7 +346,7 @@ impl ConsumerPlan {
     /// Reads every partition from `start` to its end offset in `ends`.
     fn run(
         &self,
-        parts: Vec<(u32, Arc<Connection>, u64)>,
+        parts: ConsumerParts,
         ends: &Ends,
         start: &Barrier,
     ) -> anyhow::Result<ConsumerOutcome> {
@@ -709,7 +709,7 @@ fn measure(
     } else {
         HashMap::new()
     };
-    let consumer_parts = |j: u32| -> anyhow::Result<Vec<(u32, Arc<Connection>, u64)>> {
+    let consumer_parts = |j: u32| -> anyhow::Result<ConsumerParts> {
         let parts = consumer_partitions(j, args.consumers, args.partitions);
         let conns = common::connections_for(&addrs, &parts)?;
         parts
@@ -748,18 +748,13 @@ fn measure(
                     .expect("spawn producer")
             })
             .collect();
-        let consumers: Vec<_> = consumer_inputs
-            .into_iter()
-            .enumerate()
-            .map(|(j, parts)| {
-                let plan = consumer_plan(deadline);
-                let (ends, start) = (&ends, &start);
-                std::thread::Builder::new()
-                    .name(format!("consumer-{j}"))
-                    .spawn_scoped(s, move || plan.run(parts, ends, start))
-                    .expect("spawn consumer")
-            })
-            .collect();
+        let consumers = spawn_consumers(
+            s,
+            consumer_inputs,
+            || consumer_plan(deadline),
+            &ends,
+            &start,
+        );
         start.wait();
         let t0 = Instant::now();
         let produced: Vec<ProducerOutcome> = producers
@@ -772,10 +767,7 @@ fn measure(
             produce_end = settle(&client, topic, args.partitions, total)?;
         }
         let _ = ends.set(log_ends(&client, topic, args.partitions)?);
-        let consumed: Vec<ConsumerOutcome> = consumers
-            .into_iter()
-            .map(|h| h.join().expect("consumer panicked"))
-            .collect::<anyhow::Result<_>>()?;
+        let consumed = join_consumers(consumers)?;
         let consume_elapsed = concurrent.then(|| t0.elapsed());
         anyhow::Ok((produced, consumed, produce_end - t0, consume_elapsed))
     })?;
@@ -789,24 +781,10 @@ fn measure(
         let start = Barrier::new(inputs.len() + 1);
         std::thread::scope(|s| {
             let deadline = Instant::now() + time_limit;
-            let handles: Vec<_> = inputs
-                .into_iter()
-                .enumerate()
-                .map(|(j, parts)| {
-                    let plan = consumer_plan(deadline);
-                    let (ends, start) = (&ends, &start);
-                    std::thread::Builder::new()
-                        .name(format!("consumer-{j}"))
-                        .spawn_scoped(s, move || plan.run(parts, ends, start))
-                        .expect("spawn consumer")
-                })
-                .collect();
+            let handles = spawn_consumers(s, inputs, || consumer_plan(deadline), &ends, &start);
             start.wait();
             let t0 = Instant::now();
-            let consumed: Vec<ConsumerOutcome> = handles
-                .into_iter()
-                .map(|h| h.join().expect("consumer panicked"))
-                .collect::<anyhow::Result<_>>()?;
+            let consumed = join_consumers(handles)?;
             anyhow::Ok((consumed, Some(t0.elapsed())))
         })?
     };
@@ -842,6 +820,39 @@ fn measure(
         fetches: consumed.iter().map(|c| c.fetches).sum(),
         baseline: None,
     })
+}
+
+/// One consumer's partitions: `(partition, connection, first offset)`.
+type ConsumerParts = Vec<(u32, Arc<Connection>, u64)>;
+type ConsumerHandle<'scope> =
+    std::thread::ScopedJoinHandle<'scope, anyhow::Result<ConsumerOutcome>>;
+
+/// Starts one named consumer thread per entry of `inputs`; they wait on `start`.
+fn spawn_consumers<'scope>(
+    s: &'scope std::thread::Scope<'scope, '_>,
+    inputs: Vec<ConsumerParts>,
+    plan: impl Fn() -> ConsumerPlan,
+    ends: &'scope Ends,
+    start: &'scope Barrier,
+) -> Vec<ConsumerHandle<'scope>> {
+    inputs
+        .into_iter()
+        .enumerate()
+        .map(|(j, parts)| {
+            let plan = plan();
+            std::thread::Builder::new()
+                .name(format!("consumer-{j}"))
+                .spawn_scoped(s, move || plan.run(parts, ends, start))
+                .expect("spawn consumer")
+        })
+        .collect()
+}
+
+fn join_consumers(handles: Vec<ConsumerHandle<'_>>) -> anyhow::Result<Vec<ConsumerOutcome>> {
+    handles
+        .into_iter()
+        .map(|h| h.join().expect("consumer panicked"))
+        .collect()
 }
 
 /// Produces `--warmup-messages` with the producers' own connections, untimed.

@@ -34,7 +34,7 @@ use super::oneshot::{self, lock};
 use super::{ClientConfig, ClientError};
 use crate::protocol::{
     self, encode_produce_head, encode_request, frame_len, response_header, Acks, ApiKey, ErrorCode,
-    Request, Response, ResponseHeader, HEADER_LEN,
+    FrameBuffers, Request, Response, ResponseHeader, HEADER_LEN,
 };
 
 /// Bytes read from the socket at a time; frames larger than this are read straight into their own
@@ -44,9 +44,7 @@ const READ_CHUNK_BYTES: usize = 64 << 10;
 /// for the life of the connection.
 const ENCODE_BUFFER_KEEP_BYTES: usize = 1 << 20;
 
-/// Large frame buffers a connection keeps for reuse, in bytes. A fresh buffer costs a page fault
-/// per page (about 2 µs each on a VM), more than the copy into it; a reused one is warm and,
-/// being as long as before, needs no zeroing either.
+/// Large frame buffers a connection keeps for reuse, in bytes (see [`FrameBuffers`]).
 const FRAME_POOL_BYTES_MAX: usize = 16 << 20;
 
 /// A whole response frame in a 16-byte aligned buffer of its own.
@@ -57,36 +55,13 @@ pub struct ResponseFrame {
     header: ResponseHeader,
     addr: Arc<str>,
     /// Where a large buffer goes back to when the frame is dropped.
-    pool: Option<Weak<FramePool>>,
+    pool: Option<Weak<Mutex<FrameBuffers>>>,
 }
 
 impl Drop for ResponseFrame {
     fn drop(&mut self) {
         if let Some(pool) = self.pool.take().and_then(|p| p.upgrade()) {
-            pool.give(std::mem::take(&mut self.bytes));
-        }
-    }
-}
-
-/// The connection's spare large frame buffers, at most [`FRAME_POOL_BYTES_MAX`] bytes of them.
-#[derive(Default)]
-struct FramePool(Mutex<Vec<AlignedVec<16>>>);
-
-impl FramePool {
-    /// A buffer of at least `len` initialized bytes.
-    fn take(&self, len: usize) -> AlignedVec<16> {
-        let mut buf = lock(&self.0).pop().unwrap_or_default();
-        if buf.len() < len {
-            buf.resize(len, 0);
-        }
-        buf
-    }
-
-    fn give(&self, buf: AlignedVec<16>) {
-        let mut pool = lock(&self.0);
-        let held: usize = pool.iter().map(|b| b.len()).sum();
-        if held + buf.len() <= FRAME_POOL_BYTES_MAX {
-            pool.push(buf);
+            lock(&pool).give(std::mem::take(&mut self.bytes));
         }
     }
 }
@@ -233,7 +208,7 @@ struct ConnShared {
     in_flight_max: usize,
     request_timeout: Duration,
     frame_bytes_max: usize,
-    frames: Arc<FramePool>,
+    frames: Arc<Mutex<FrameBuffers>>,
 }
 
 /// A pipelined connection to one broker listener. Cheap to share behind an `Arc`; dropping the
@@ -303,7 +278,7 @@ impl Connection {
             in_flight_max: config.in_flight_max,
             request_timeout: Duration::from_millis(config.request_timeout_ms),
             frame_bytes_max: config.frame_bytes_max,
-            frames: Arc::default(),
+            frames: Arc::new(Mutex::new(FrameBuffers::new(FRAME_POOL_BYTES_MAX))),
         });
         let for_reader = shared.clone();
         std::thread::Builder::new()
@@ -706,7 +681,7 @@ fn read_frames(shared: &ConnShared, stream: &mut TcpStream) -> Result<(), String
             debug_assert!((HEADER_LEN..=max).contains(&size));
             if size > buf.len() {
                 // A frame larger than the read buffer goes straight into its own aligned buffer.
-                let mut frame = shared.frames.take(size);
+                let mut frame = lock(&shared.frames).take(size);
                 frame[..have].copy_from_slice(&buf[start..end]);
                 let mut filled = have;
                 while filled < size {
@@ -736,36 +711,5 @@ fn read_frames(shared: &ConnShared, stream: &mut TcpStream) -> Result<(), String
             };
         }
         end += n;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn given_a_returned_buffer_when_a_shorter_frame_takes_it_should_keep_its_length() {
-        let pool = FramePool::default();
-        let mut big = pool.take(1000);
-        assert!(big.len() >= 1000);
-        big[999] = 7;
-        pool.give(big);
-        // Reused whole: no shrinking, so no zeroing when a longer frame comes back later.
-        let again = pool.take(10);
-        assert_eq!(again.len(), 1000);
-        assert_eq!(again[999], 7);
-        assert_eq!(again.as_ptr() as usize % 16, 0);
-    }
-
-    #[test]
-    fn given_a_full_pool_when_more_is_returned_should_drop_it() {
-        let pool = FramePool::default();
-        let (a, b) = (pool.take(FRAME_POOL_BYTES_MAX), pool.take(16));
-        pool.give(a);
-        pool.give(b);
-        assert_eq!(lock(&pool.0).len(), 1);
-        assert_eq!(lock(&pool.0)[0].len(), FRAME_POOL_BYTES_MAX);
-        let held: usize = lock(&pool.0).iter().map(|b| b.len()).sum();
-        assert!(held <= FRAME_POOL_BYTES_MAX);
     }
 }

@@ -88,7 +88,7 @@ pub use producer::{
 };
 
 use crate::protocol::{
-    self, Acks, ApiKey, ErrorCode, FetchBlock, FetchRequest, ListOffsetsBlock, OffsetSpec,
+    self, Acks, ApiKey, ErrorCode, FetchRequest, ListOffsetsBlock, OffsetSpec,
     PartitionDescription, Request, Response, ShardAddr, TopicConfig, TopicMetadata,
 };
 use crate::record::{self, RecordError, RecordRef, Records};
@@ -667,18 +667,13 @@ impl Client {
         max_wait_ms: u32,
     ) -> Result<ResponseFuture, ClientError> {
         let conn = self.connection_for(topic, partition)?;
-        conn.request(&Request::Fetch(FetchRequest {
-            max_wait_ms,
-            // Answer as soon as anything is there: the long poll is for latency, not batching.
-            min_bytes: 1,
+        conn.request(&Request::Fetch(FetchRequest::one(
+            topic,
+            partition,
+            offset,
             max_bytes,
-            blocks: vec![FetchBlock {
-                topic: topic.to_string(),
-                partition,
-                offset,
-                max_bytes,
-            }],
-        }))
+            max_wait_ms,
+        )))
     }
 
     pub(crate) fn fetch_finish(

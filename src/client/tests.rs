@@ -10,6 +10,8 @@ use std::thread;
 
 use rkyv::util::AlignedVec;
 
+use crate::protocol::FetchBlock;
+
 use super::*;
 use crate::protocol::{
     decode_request, encode_error, encode_fetch_response, encode_response, frame_len, FetchResult,

@@ -111,6 +111,30 @@ pub struct FetchRequest {
     pub blocks: Vec<FetchBlock>,
 }
 
+impl FetchRequest {
+    /// A fetch of one partition from `offset`, answered as soon as any record is there (the long
+    /// poll is for latency, not batching) or after `max_wait_ms`.
+    pub fn one(
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_bytes: u32,
+        max_wait_ms: u32,
+    ) -> FetchRequest {
+        FetchRequest {
+            max_wait_ms,
+            min_bytes: 1,
+            max_bytes,
+            blocks: vec![FetchBlock {
+                topic: topic.to_string(),
+                partition,
+                offset,
+                max_bytes,
+            }],
+        }
+    }
+}
+
 /// One lookup of a ListOffsets request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListOffsetsBlock {

@@ -14,11 +14,14 @@
 //! rejected from its first four bytes, array counts are checked against the bytes that remain, and
 //! record runs are sliced out of the frame rather than copied.
 //!
-//! This module owns the wire format. It must not import storage, glommio or std::net.
+//! This module owns the wire format and the aligned frame buffers both ends read frames into
+//! ([`FrameBuffers`]). It must not import storage, glommio or std::net.
 
+mod buffers;
 mod messages;
 pub mod wire;
 
+pub use buffers::FrameBuffers;
 pub use messages::*;
 
 /// Bytes of the request and response headers, size field included.

@@ -27,7 +27,7 @@ use glommio::net::{TcpListener, TcpStream};
 use rkyv::util::AlignedVec;
 
 use super::{handler, Shared};
-use crate::protocol::{self, DecodeError, HEADER_LEN};
+use crate::protocol::{self, DecodeError, FrameBuffers, HEADER_LEN};
 use crate::shard::Shard;
 use crate::storage::{MmapSegment, Slice};
 
@@ -37,8 +37,7 @@ const LARGE_FRAME_BYTES: usize = 64 << 10;
 const RECV_BUFFER_BYTES: usize = 256 << 10;
 /// Coalesce queued small responses up to this many bytes per write.
 const WRITE_BATCH_BYTES: usize = 256 << 10;
-/// Bytes of frame buffers kept for reuse per connection. A fresh large buffer costs a page fault
-/// per page (about 2 µs each on a VM); a reused one keeps its length, so it needs no zeroing.
+/// Bytes of frame buffers kept for reuse per connection (see [`FrameBuffers`]).
 const FRAME_POOL_BYTES_MAX: usize = 4 << 20;
 
 /// A response ready to be written.
@@ -90,28 +89,6 @@ impl Inflight {
     }
 }
 
-/// The per-connection pool of aligned frame buffers.
-#[derive(Default)]
-pub(crate) struct FramePool(RefCell<Vec<AlignedVec<16>>>);
-
-impl FramePool {
-    /// A buffer of at least `len` initialized bytes; the frame is its first `len`.
-    fn take(&self, len: usize) -> AlignedVec<16> {
-        let mut v = self.0.borrow_mut().pop().unwrap_or_default();
-        if v.len() < len {
-            v.resize(len, 0);
-        }
-        v
-    }
-    fn give(&self, v: AlignedVec<16>) {
-        let mut pool = self.0.borrow_mut();
-        let held: usize = pool.iter().map(|b| b.len()).sum();
-        if held + v.len() <= FRAME_POOL_BYTES_MAX {
-            pool.push(v);
-        }
-    }
-}
-
 /// Accepts connections until the task is dropped (shutdown).
 pub(crate) async fn accept_loop(listener: TcpListener, shard: Rc<Shard>, shared: Arc<Shared>) {
     loop {
@@ -157,7 +134,7 @@ async fn serve(stream: TcpStream, shard: Rc<Shard>, shared: Arc<Shared>) {
     let out = Rc::new(Outbox::default());
     let writer = glommio::spawn_local(write_loop(wr, out.clone()));
     let inflight = Rc::new(Inflight::default());
-    let pool = Rc::new(FramePool::default());
+    let pool = Rc::new(RefCell::new(FrameBuffers::new(FRAME_POOL_BYTES_MAX)));
     let frame_max = shared.config.frame_bytes_max;
     let inflight_max = shared.config.connection_inflight_max;
     let mut buf = AlignedVec::<16>::new();
@@ -171,7 +148,7 @@ async fn serve(stream: TcpStream, shard: Rc<Shard>, shared: Arc<Shared>) {
             match protocol::frame_len(data, frame_max) {
                 Ok(Some(len)) => {
                     inflight.wait_below(inflight_max).await;
-                    let mut frame = pool.take(len);
+                    let mut frame = pool.borrow_mut().take(len);
                     frame[..len].copy_from_slice(&buf[start..start + len]);
                     start += len;
                     dispatch(frame, len, &shard, &shared, &out, &inflight, &pool);
@@ -190,7 +167,7 @@ async fn serve(stream: TcpStream, shard: Rc<Shard>, shared: Arc<Shared>) {
             let size = u32::from_le_bytes([data[0], data[1], data[2], data[3]]) as usize + 4;
             if size >= LARGE_FRAME_BYTES {
                 inflight.wait_below(inflight_max).await;
-                let mut frame = pool.take(size);
+                let mut frame = pool.borrow_mut().take(size);
                 let have = data.len();
                 frame[..have].copy_from_slice(data);
                 start = end;
@@ -256,7 +233,7 @@ fn dispatch(
     shared: &Arc<Shared>,
     out: &Rc<Outbox>,
     inflight: &Rc<Inflight>,
-    pool: &Rc<FramePool>,
+    pool: &Rc<RefCell<FrameBuffers>>,
 ) {
     inflight.count.set(inflight.count.get() + 1);
     let (shard, shared, out, inflight, pool) = (
@@ -271,7 +248,7 @@ fn dispatch(
         if let Some(response) = handler::handle(&shard, &shared, &mut frame[..len]).await {
             out.push(response);
         }
-        pool.give(frame);
+        pool.borrow_mut().give(frame);
         inflight.count.set(inflight.count.get() - 1);
         inflight.event.notify(usize::MAX);
     })
