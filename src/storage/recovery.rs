@@ -7,8 +7,9 @@
 //!    gap or overlap the log is cut before that segment. A segment followed by one that starts
 //!    exactly where its valid records end is complete: what fails after them is an unused tail.
 //! 3. A segment's checkpoint (`.index`) is used only if it checks out: CRC, base offset, entry
-//!    order, and each entry pointing at a record header with the right offset and time. The scan
-//!    then starts at its last entry; otherwise at byte 0, and the index is rebuilt.
+//!    order, its last entry pointing at a record header with the right offset and time, and its
+//!    first entry's time not before the newest record of the segments before it. The scan then
+//!    starts at its last entry; otherwise at byte 0, and the index is rebuilt.
 //! 4. The scan verifies every record from there: header CRC, archive CRC, zero padding, consecutive
 //!    offsets, non-decreasing append times. A zero header is the clean end of the data.
 //! 5. At the first record that fails, the log is cut: the rest of that segment is erased (so no
@@ -175,14 +176,28 @@ fn scan(
 
 /// Where the scan of a segment may start, according to its checkpoint: `(position, offset,
 /// previous timestamp, index)`. `None` when the checkpoint is missing or does not check out.
+/// `log_ts` is the newest append time of the segments before this one.
 fn trusted_start(
     checkpoint: &Checkpoint,
     base_offset: u64,
     data: &[u8],
+    log_ts: i64,
     interval_bytes: usize,
     archive_len_max: usize,
 ) -> Option<(usize, u64, i64, SegmentIndex)> {
     if checkpoint.base_offset != base_offset || checkpoint.data_len > data.len() as u64 {
+        return None;
+    }
+    // Append times never decrease across the whole log, not only within a segment. The first
+    // entry is the segment's first record; a time before the previous segments' newest means the
+    // records it vouches for (or those before them) are not what was appended in that order: scan
+    // instead, which cuts at the regression (found by the recovery fuzzer: a re-stamped time at
+    // the end of one segment made time lookups in the next one wrong).
+    if checkpoint
+        .entries
+        .first()
+        .is_some_and(|e| e.timestamp_ms < log_ts)
+    {
         return None;
     }
     // The checkpoint's own CRC vouches for its entries; check that the last one still points at
@@ -293,7 +308,7 @@ pub(crate) fn recover<I: Io>(
             .and_then(|b| Checkpoint::decode(&b).ok());
         let start = checkpoint
             .as_ref()
-            .and_then(|cp| trusted_start(cp, base, data, interval, max));
+            .and_then(|cp| trusted_start(cp, base, data, last_ts, interval, max));
         let rebuilt = start.is_none();
         let (position, offset, previous_ts, mut index) =
             start.unwrap_or((0, base, i64::MIN, SegmentIndex::new(interval)));
