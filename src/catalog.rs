@@ -6,19 +6,34 @@
 //! deleted and created again never shares a file with its predecessor, whose logs a shard may still
 //! hold open for a moment.
 //!
-//! The catalog is metadata, not the data path: a lock here is fine. It must not open logs; shards do
-//! that for the partitions they own.
+//! Readers (every produce and fetch) take a [`Topics`] snapshot: an `Arc` swapped whole by each
+//! change, so the data path never waits for a writer and never clones a topic's metadata. Writers
+//! (create, alter, delete) serialize among themselves and do their file work (fsyncs, directory
+//! removal) before they publish; the server runs them on a blocking thread, off the shards.
+//!
+//! Damaged metadata never destroys data: a topic directory whose `topic.meta` cannot be read or
+//! parsed is moved aside as `<dir>.quarantined` with an error naming the file, and the broker
+//! starts without that topic. Only a directory that provably holds nothing acknowledged (an
+//! interrupted create: no partition directory, no meta file) or was already renamed for deletion
+//! is removed.
+//!
+//! The catalog is metadata, not the data path. It must not open logs; shards do that for the
+//! partitions they own.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
-use crate::protocol::{valid_topic_name, ErrorCode, TopicConfig};
+use crate::protocol::{valid_topic_name, TopicConfig};
 
-/// Most partitions one topic may have.
-pub const PARTITIONS_MAX: u32 = 4096;
-/// Prefix reserved for internal topics (dead letters `__dlq.G.T`, …); clients cannot create them.
+/// Prefix reserved for internal topics (offsets, retries, delays, dead letters); clients cannot
+/// create them.
 pub const INTERNAL_PREFIX: &str = "__";
+/// Suffix of a topic directory renamed for deletion (removed at the next start if still there).
+const DELETED_SUFFIX: &str = ".deleted";
+/// Suffix of a topic directory moved aside because its metadata is damaged.
+pub const QUARANTINE_SUFFIX: &str = ".quarantined";
 
 /// One topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,10 +44,16 @@ pub struct TopicMeta {
     pub id: u64,
     /// Partition count.
     pub partitions: u32,
-    /// Retention by bytes per partition.
+    /// Retention by bytes per partition (`None`: unlimited).
     pub retention_bytes: Option<u64>,
-    /// Retention by age.
+    /// Retention by age (`None`: unlimited).
     pub retention_ms: Option<u64>,
+}
+
+/// The one meaning of a retention value everywhere (flags, TOML, CreateTopic, AlterTopic): `0`
+/// and `u64::MAX` both mean unlimited, stored and reported as absent.
+pub fn retention_limit(value: u64) -> Option<u64> {
+    (value != 0 && value != u64::MAX).then_some(value)
 }
 
 impl TopicMeta {
@@ -57,25 +78,37 @@ impl TopicMeta {
         )
     }
 
-    fn decode(text: &str) -> Option<TopicMeta> {
+    fn decode(text: &str) -> Result<TopicMeta, String> {
         let mut kv = BTreeMap::new();
-        for line in text.lines() {
-            let (k, v) = line.split_once('=')?;
+        for (i, line) in text.lines().enumerate() {
+            let (k, v) = line
+                .split_once('=')
+                .ok_or_else(|| format!("line {} is not key=value: {line:?}", i + 1))?;
             kv.insert(k, v);
         }
-        let opt = |v: &str| -> Option<Option<u64>> {
-            if v == "none" {
-                Some(None)
-            } else {
-                v.parse().ok().map(Some)
+        let get = |k: &str| kv.get(k).copied().ok_or_else(|| format!("no {k}"));
+        let num = |k: &str| -> Result<u64, String> {
+            get(k)?.parse().map_err(|_| format!("{k} is not a number"))
+        };
+        let opt = |k: &str| -> Result<Option<u64>, String> {
+            match get(k)? {
+                "none" => Ok(None),
+                v => v
+                    .parse()
+                    .map(retention_limit)
+                    .map_err(|_| format!("{k} is not a number or none")),
             }
         };
-        Some(TopicMeta {
-            name: kv.get("name")?.to_string(),
-            id: kv.get("id")?.parse().ok()?,
-            partitions: kv.get("partitions")?.parse().ok()?,
-            retention_bytes: opt(kv.get("retention_bytes")?)?,
-            retention_ms: opt(kv.get("retention_ms")?)?,
+        let partitions = u32::try_from(num("partitions")?)
+            .ok()
+            .filter(|&p| p > 0)
+            .ok_or("partitions is out of range")?;
+        Ok(TopicMeta {
+            name: get("name")?.to_string(),
+            id: num("id")?,
+            partitions,
+            retention_bytes: opt("retention_bytes")?,
+            retention_ms: opt("retention_ms")?,
         })
     }
 }
@@ -95,6 +128,9 @@ pub enum CatalogError {
     /// A setting is out of range.
     #[error("invalid topic configuration: {0}")]
     InvalidConfig(String),
+    /// A broker limit (`topic_partitions_max`, `partitions_max`) would be exceeded.
+    #[error("limit exceeded: {0}")]
+    LimitExceeded(String),
     /// The disk refused.
     #[error("catalog i/o on {path}: {source}")]
     Io {
@@ -106,28 +142,83 @@ pub enum CatalogError {
     },
 }
 
-impl CatalogError {
-    /// The wire error code.
-    pub fn code(&self) -> ErrorCode {
-        match self {
-            CatalogError::UnknownTopic(_) => ErrorCode::UnknownTopic,
-            CatalogError::AlreadyExists(_) => ErrorCode::TopicAlreadyExists,
-            CatalogError::InvalidName(_) => ErrorCode::InvalidTopicName,
-            CatalogError::InvalidConfig(_) => ErrorCode::InvalidConfig,
-            CatalogError::Io { .. } => ErrorCode::Internal,
+/// Limits the catalog enforces (config keys `topic_partitions_max` and `partitions_max`).
+#[derive(Debug, Clone, Copy)]
+pub struct CatalogLimits {
+    /// Most partitions one topic may have.
+    pub topic_partitions_max: u32,
+    /// Most partitions over all topics.
+    pub partitions_max: u64,
+}
+
+impl Default for CatalogLimits {
+    fn default() -> Self {
+        CatalogLimits {
+            topic_partitions_max: 4096,
+            partitions_max: 100_000,
         }
     }
 }
 
-struct Inner {
-    topics: BTreeMap<String, TopicMeta>,
-    next_id: u64,
+/// An immutable view of every topic, as of one version of the catalog.
+#[derive(Debug, Default)]
+pub struct Topics {
+    by_name: BTreeMap<String, Arc<TopicMeta>>,
+    partitions: u64,
+    version: u64,
+}
+
+impl Topics {
+    /// A topic by name.
+    pub fn get(&self, name: &str) -> Option<&Arc<TopicMeta>> {
+        self.by_name.get(name)
+    }
+
+    /// Every topic, sorted by name.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<TopicMeta>> {
+        self.by_name.values()
+    }
+
+    /// Number of topics.
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    /// True when there is no topic.
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+
+    /// Partitions over all topics.
+    pub fn partitions(&self) -> u64 {
+        self.partitions
+    }
+
+    /// The catalog version this view was taken at (grows with every change).
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    fn with(&self, change: impl FnOnce(&mut BTreeMap<String, Arc<TopicMeta>>)) -> Topics {
+        let mut by_name = self.by_name.clone();
+        change(&mut by_name);
+        Topics {
+            partitions: by_name.values().map(|m| m.partitions as u64).sum(),
+            by_name,
+            version: self.version + 1,
+        }
+    }
 }
 
 /// The catalog of one broker.
 pub struct Catalog {
     root: PathBuf,
-    inner: RwLock<Inner>,
+    limits: CatalogLimits,
+    current: RwLock<Arc<Topics>>,
+    version: AtomicU64,
+    /// Serializes writers (and holds the next topic id). Readers never take it.
+    writer: Mutex<u64>,
+    quarantined: Vec<PathBuf>,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CatalogError + '_ {
@@ -137,60 +228,167 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CatalogError + '_ {
     }
 }
 
+fn sync_dir(dir: &Path) -> Result<(), CatalogError> {
+    std::fs::File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err(dir))
+}
+
+/// What the start-up scan decided for one topic directory.
+enum Found {
+    Topic(TopicMeta),
+    /// Provably nothing acknowledged in it: remove.
+    Leftover(&'static str),
+    /// Damaged: move aside, with the reason.
+    Damaged(String),
+}
+
+fn inspect(path: &Path, dir_name: &str) -> Found {
+    if dir_name.ends_with(DELETED_SUFFIX) {
+        return Found::Leftover("deleted topic");
+    }
+    let meta_path = path.join("topic.meta");
+    match std::fs::read(&meta_path) {
+        Ok(bytes) => {
+            let parsed = std::str::from_utf8(&bytes)
+                .map_err(|_| "not UTF-8".to_string())
+                .and_then(TopicMeta::decode);
+            match parsed {
+                Ok(m) if self::dir_name(&m) == dir_name && valid_topic_name(&m.name) => {
+                    Found::Topic(m)
+                }
+                Ok(m) => Found::Damaged(format!(
+                    "{} names topic '{}' id {}, which does not match its directory",
+                    meta_path.display(),
+                    m.name,
+                    m.id
+                )),
+                Err(why) => Found::Damaged(format!("{} is damaged: {why}", meta_path.display())),
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // A create writes its meta file before anything else goes in the directory, so a
+            // directory without one is an interrupted create, unless something else is there.
+            let entries: Vec<String> = std::fs::read_dir(path)
+                .map(|rd| {
+                    rd.filter_map(|e| e.ok())
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_else(|_| vec!["<unreadable>".into()]);
+            if entries.iter().all(|n| n == "topic.meta.tmp") {
+                Found::Leftover("interrupted create")
+            } else {
+                Found::Damaged(format!(
+                    "{} is missing but the directory holds data ({})",
+                    meta_path.display(),
+                    entries.join(", ")
+                ))
+            }
+        }
+        Err(e) => Found::Damaged(format!("{} cannot be read: {e}", meta_path.display())),
+    }
+}
+
 impl Catalog {
-    /// Loads the catalog of `data_dir`, creating it if needed. Leftovers of an interrupted delete
-    /// are removed.
-    pub fn load(data_dir: &Path) -> Result<Catalog, CatalogError> {
+    /// Loads the catalog of `data_dir`, creating it if needed. Leftovers of an interrupted create
+    /// or delete are removed; damaged topics are quarantined (see the module documentation).
+    pub fn load(data_dir: &Path, limits: CatalogLimits) -> Result<Catalog, CatalogError> {
         let root = data_dir.join("topics");
         std::fs::create_dir_all(&root).map_err(io_err(&root))?;
         let mut topics = BTreeMap::new();
         let mut next_id = 1;
-        for entry in std::fs::read_dir(&root).map_err(io_err(&root))? {
-            let entry = entry.map_err(io_err(&root))?;
+        let mut quarantined = Vec::new();
+        let mut entries: Vec<_> = std::fs::read_dir(&root)
+            .map_err(io_err(&root))?
+            .collect::<Result<_, _>>()
+            .map_err(io_err(&root))?;
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
             let path = entry.path();
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.ends_with(".deleted") {
-                std::fs::remove_dir_all(&path).map_err(io_err(&path))?;
+            if name.ends_with(QUARANTINE_SUFFIX) {
+                tracing::error!(path = %path.display(), "quarantined topic directory left as it is");
+                quarantined.push(path);
                 continue;
             }
-            let meta_path = path.join("topic.meta");
-            let meta = std::fs::read_to_string(&meta_path)
-                .ok()
-                .and_then(|t| TopicMeta::decode(&t));
-            match meta {
-                Some(m) if dir_name(&m) == name => {
+            if !path.is_dir() {
+                continue;
+            }
+            match inspect(&path, &name) {
+                Found::Topic(m) => {
                     next_id = next_id.max(m.id + 1);
-                    topics.insert(m.name.clone(), m);
+                    topics.insert(m.name.clone(), Arc::new(m));
                 }
-                _ => {
-                    // A create that died before its meta file was in place: nothing was acked.
-                    tracing::warn!(path = %path.display(), "removing topic directory without a valid topic.meta");
+                Found::Leftover(what) => {
+                    tracing::info!(path = %path.display(), what, "removing leftover topic directory");
                     std::fs::remove_dir_all(&path).map_err(io_err(&path))?;
                 }
+                Found::Damaged(why) => {
+                    let aside = quarantine_path(&path);
+                    tracing::error!(
+                        path = %path.display(),
+                        moved_to = %aside.display(),
+                        reason = %why,
+                        "topic metadata damaged: topic quarantined, its data kept; fix topic.meta and move the directory back to restore it"
+                    );
+                    std::fs::rename(&path, &aside).map_err(io_err(&path))?;
+                    sync_dir(&root)?;
+                    quarantined.push(aside);
+                }
+            }
+            // Ids of quarantined directories are never reused either.
+            if let Some(id) = name.rsplit('.').find_map(|part| part.parse::<u64>().ok()) {
+                next_id = next_id.max(id + 1);
             }
         }
+        let topics = Topics {
+            partitions: topics.values().map(|m| m.partitions as u64).sum(),
+            by_name: topics,
+            version: 1,
+        };
         Ok(Catalog {
             root,
-            inner: RwLock::new(Inner { topics, next_id }),
+            limits,
+            current: RwLock::new(Arc::new(topics)),
+            version: AtomicU64::new(1),
+            writer: Mutex::new(next_id),
+            quarantined,
         })
     }
 
-    fn read(&self) -> RwLockReadGuard<'_, Inner> {
-        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    /// The current view of every topic: cheap (an `Arc` clone), never waits for a writer's file
+    /// work.
+    pub fn snapshot(&self) -> Arc<Topics> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, Inner> {
-        self.inner.write().unwrap_or_else(|e| e.into_inner())
+    /// The current version: a shard whose cached snapshot has another version takes a new one.
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
     }
 
     /// A topic by name.
-    pub fn get(&self, name: &str) -> Option<TopicMeta> {
-        self.read().topics.get(name).cloned()
+    pub fn get(&self, name: &str) -> Option<Arc<TopicMeta>> {
+        self.snapshot().get(name).cloned()
     }
 
     /// All topics, by name.
-    pub fn list(&self) -> Vec<TopicMeta> {
-        self.read().topics.values().cloned().collect()
+    pub fn list(&self) -> Vec<Arc<TopicMeta>> {
+        self.snapshot().iter().cloned().collect()
+    }
+
+    /// Topic directories moved aside at start-up because their metadata was damaged.
+    pub fn quarantined(&self) -> &[PathBuf] {
+        &self.quarantined
+    }
+
+    /// The limits this catalog enforces.
+    pub fn limits(&self) -> CatalogLimits {
+        self.limits
     }
 
     /// Directory of a topic.
@@ -203,38 +401,67 @@ impl Catalog {
         self.topic_dir(meta).join(partition.to_string())
     }
 
-    fn check_config(config: &TopicConfig) -> Result<(), CatalogError> {
-        if config.partitions == 0 || config.partitions > PARTITIONS_MAX {
-            return Err(CatalogError::InvalidConfig(format!(
-                "partitions must be 1..={PARTITIONS_MAX}, got {}",
-                config.partitions
+    fn publish(&self, change: impl FnOnce(&mut BTreeMap<String, Arc<TopicMeta>>)) {
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        let next = Arc::new(current.with(change));
+        self.version.store(next.version, Ordering::Release);
+        *current = next;
+    }
+
+    fn check_partitions(&self, topics: &Topics, old: u32, new: u32) -> Result<(), CatalogError> {
+        if new == 0 {
+            return Err(CatalogError::InvalidConfig(
+                "a topic needs at least 1 partition".into(),
+            ));
+        }
+        let max = self.limits.topic_partitions_max;
+        if new > max {
+            return Err(CatalogError::LimitExceeded(format!(
+                "{new} partitions is more than topic_partitions_max ({max})"
+            )));
+        }
+        let total = topics.partitions() - old as u64 + new as u64;
+        if total > self.limits.partitions_max {
+            return Err(CatalogError::LimitExceeded(format!(
+                "the broker would hold {total} partitions, more than partitions_max ({})",
+                self.limits.partitions_max
             )));
         }
         Ok(())
     }
 
-    /// Creates a topic: its directory and meta file are durable before this returns.
-    pub fn create(&self, name: &str, config: &TopicConfig) -> Result<TopicMeta, CatalogError> {
+    fn writer(&self) -> std::sync::MutexGuard<'_, u64> {
+        self.writer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Creates a topic: its directory and meta file are durable before this returns. Retention
+    /// values follow [`retention_limit`].
+    pub fn create(&self, name: &str, config: &TopicConfig) -> Result<Arc<TopicMeta>, CatalogError> {
         if !valid_topic_name(name) || name.starts_with(INTERNAL_PREFIX) {
             return Err(CatalogError::InvalidName(name.to_string()));
         }
-        Self::check_config(config)?;
-        let mut inner = self.write();
-        if inner.topics.contains_key(name) {
+        let mut next_id = self.writer();
+        let topics = self.snapshot();
+        if topics.get(name).is_some() {
             return Err(CatalogError::AlreadyExists(name.to_string()));
         }
+        self.check_partitions(&topics, 0, config.partitions)?;
         let meta = TopicMeta {
             name: name.to_string(),
-            id: inner.next_id,
+            id: *next_id,
             partitions: config.partitions,
-            retention_bytes: config.retention_bytes,
-            retention_ms: config.retention_ms,
+            retention_bytes: config.retention_bytes.and_then(retention_limit),
+            retention_ms: config.retention_ms.and_then(retention_limit),
         };
+        *next_id += 1;
         let dir = self.topic_dir(&meta);
         std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         self.persist(&meta)?;
-        inner.next_id += 1;
-        inner.topics.insert(name.to_string(), meta.clone());
+        let meta = Arc::new(meta);
+        let published = meta.clone();
+        self.publish(|t| {
+            t.insert(name.to_string(), published);
+        });
         Ok(meta)
     }
 
@@ -247,29 +474,24 @@ impl Catalog {
             .and_then(|f| f.sync_all())
             .map_err(io_err(&tmp))?;
         std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
-        for d in [&dir, &self.root] {
-            std::fs::File::open(d)
-                .and_then(|f| f.sync_all())
-                .map_err(io_err(d))?;
-        }
-        Ok(())
+        sync_dir(&dir)?;
+        sync_dir(&self.root)
     }
 
-    /// Changes a topic's partition count (up only) or retention (`u64::MAX` clears a limit).
+    /// Changes a topic's partition count (up only) or retention (see [`retention_limit`]).
     pub fn alter(
         &self,
         name: &str,
         partitions: Option<u32>,
         retention_bytes: Option<u64>,
         retention_ms: Option<u64>,
-    ) -> Result<TopicMeta, CatalogError> {
-        let mut inner = self.write();
-        let current = inner
-            .topics
+    ) -> Result<Arc<TopicMeta>, CatalogError> {
+        let _writer = self.writer();
+        let topics = self.snapshot();
+        let current = topics
             .get(name)
-            .cloned()
             .ok_or_else(|| CatalogError::UnknownTopic(name.to_string()))?;
-        let mut meta = current.clone();
+        let mut meta = TopicMeta::clone(current);
         if let Some(p) = partitions {
             if p < current.partitions {
                 return Err(CatalogError::InvalidConfig(format!(
@@ -277,38 +499,58 @@ impl Catalog {
                     current.partitions
                 )));
             }
+            self.check_partitions(&topics, current.partitions, p)?;
             meta.partitions = p;
         }
-        let limit = |v: u64| (v != u64::MAX).then_some(v);
         if let Some(v) = retention_bytes {
-            meta.retention_bytes = limit(v);
+            meta.retention_bytes = retention_limit(v);
         }
         if let Some(v) = retention_ms {
-            meta.retention_ms = limit(v);
+            meta.retention_ms = retention_limit(v);
         }
-        Self::check_config(&meta.config())?;
         self.persist(&meta)?;
-        inner.topics.insert(name.to_string(), meta.clone());
+        let meta = Arc::new(meta);
+        let published = meta.clone();
+        self.publish(|t| {
+            t.insert(name.to_string(), published);
+        });
         Ok(meta)
     }
 
     /// Deletes a topic and its data. Shards drop their open logs when they notice.
-    pub fn delete(&self, name: &str) -> Result<TopicMeta, CatalogError> {
-        let mut inner = self.write();
-        let meta = inner
-            .topics
-            .remove(name)
+    pub fn delete(&self, name: &str) -> Result<Arc<TopicMeta>, CatalogError> {
+        let _writer = self.writer();
+        let meta = self
+            .snapshot()
+            .get(name)
+            .cloned()
             .ok_or_else(|| CatalogError::UnknownTopic(name.to_string()))?;
         let dir = self.topic_dir(&meta);
-        let gone = dir.with_file_name(format!("{}.deleted", dir_name(&meta)));
-        // Rename first: once renamed the topic is gone even if the removal below is cut short,
-        // and load() finishes the job.
+        let gone = dir.with_file_name(format!("{}{DELETED_SUFFIX}", dir_name(&meta)));
+        // Rename first: once renamed (and the rename durable) the topic is gone even if the
+        // removal below is cut short, and load() finishes the job. If the rename fails the topic
+        // stays, in memory as on disk.
         std::fs::rename(&dir, &gone).map_err(io_err(&dir))?;
+        self.publish(|t| {
+            t.remove(name);
+        });
+        sync_dir(&self.root)?;
         if let Err(e) = std::fs::remove_dir_all(&gone) {
             tracing::warn!(path = %gone.display(), error = %e, "topic data not fully removed; removed at next start");
         }
         Ok(meta)
     }
+}
+
+fn quarantine_path(path: &Path) -> PathBuf {
+    let base = path.as_os_str().to_string_lossy().into_owned();
+    let mut candidate = PathBuf::from(format!("{base}{QUARANTINE_SUFFIX}"));
+    let mut n = 1;
+    while candidate.exists() {
+        n += 1;
+        candidate = PathBuf::from(format!("{base}-{n}{QUARANTINE_SUFFIX}"));
+    }
+    candidate
 }
 
 fn dir_name(meta: &TopicMeta) -> String {
@@ -327,10 +569,14 @@ mod tests {
         }
     }
 
+    fn load(dir: &Path) -> Catalog {
+        Catalog::load(dir, CatalogLimits::default()).unwrap()
+    }
+
     #[test]
     fn given_created_topics_when_reloaded_should_survive_and_keep_ids_unique() {
         let dir = tempfile::tempdir().unwrap();
-        let c = Catalog::load(dir.path()).unwrap();
+        let c = load(dir.path());
         let a = c.create("orders", &config(3)).unwrap();
         assert!(matches!(
             c.create("orders", &config(1)),
@@ -341,14 +587,14 @@ mod tests {
         let b = c.create("orders", &config(2)).unwrap();
         assert_ne!(a.id, b.id);
         drop(c);
-        let c = Catalog::load(dir.path()).unwrap();
+        let c = load(dir.path());
         assert_eq!(c.get("orders"), Some(b));
     }
 
     #[test]
     fn given_bad_names_or_configs_when_creating_should_refuse_typed() {
         let dir = tempfile::tempdir().unwrap();
-        let c = Catalog::load(dir.path()).unwrap();
+        let c = load(dir.path());
         assert!(matches!(
             c.create("__dlq.g.t", &config(1)),
             Err(CatalogError::InvalidName(_))
@@ -370,5 +616,101 @@ mod tests {
             c.delete("nope"),
             Err(CatalogError::UnknownTopic(_))
         ));
+    }
+
+    #[test]
+    fn given_partition_limits_when_exceeded_should_refuse_with_limit_exceeded() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = CatalogLimits {
+            topic_partitions_max: 8,
+            partitions_max: 10,
+        };
+        let c = Catalog::load(dir.path(), limits).unwrap();
+        assert!(matches!(
+            c.create("a", &config(9)),
+            Err(CatalogError::LimitExceeded(_))
+        ));
+        c.create("a", &config(8)).unwrap();
+        assert!(matches!(
+            c.create("b", &config(3)),
+            Err(CatalogError::LimitExceeded(_))
+        ));
+        c.create("b", &config(2)).unwrap();
+        assert!(matches!(
+            c.alter("b", Some(3), None, None),
+            Err(CatalogError::LimitExceeded(_))
+        ));
+        assert_eq!(c.snapshot().partitions(), 10);
+    }
+
+    #[test]
+    fn given_retention_zero_or_max_anywhere_should_mean_unlimited() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = load(dir.path());
+        let t = c
+            .create(
+                "t",
+                &TopicConfig {
+                    partitions: 1,
+                    retention_bytes: Some(0),
+                    retention_ms: Some(u64::MAX),
+                },
+            )
+            .unwrap();
+        assert_eq!((t.retention_bytes, t.retention_ms), (None, None));
+        let t = c.alter("t", None, Some(5), Some(7)).unwrap();
+        assert_eq!((t.retention_bytes, t.retention_ms), (Some(5), Some(7)));
+        let t = c.alter("t", None, Some(u64::MAX), Some(0)).unwrap();
+        assert_eq!((t.retention_bytes, t.retention_ms), (None, None));
+    }
+
+    #[test]
+    fn given_a_damaged_topic_meta_when_loading_should_quarantine_and_keep_the_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = load(dir.path());
+        let t = c.create("orders", &config(1)).unwrap();
+        let ok = c.create("other", &config(1)).unwrap();
+        let tdir = c.topic_dir(&t);
+        std::fs::create_dir_all(tdir.join("0")).unwrap();
+        std::fs::write(tdir.join("0").join("data.log"), b"acknowledged").unwrap();
+        let meta = tdir.join("topic.meta");
+        let text = std::fs::read_to_string(&meta).unwrap();
+        std::fs::write(&meta, text.replace("partitions=1", "partitions#1")).unwrap();
+        drop(c);
+        let c = load(dir.path());
+        assert!(c.get("orders").is_none());
+        assert_eq!(c.get("other"), Some(ok));
+        assert_eq!(c.quarantined().len(), 1);
+        let aside = &c.quarantined()[0];
+        assert!(aside.to_string_lossy().ends_with(QUARANTINE_SUFFIX));
+        assert_eq!(
+            std::fs::read(aside.join("0").join("data.log")).unwrap(),
+            b"acknowledged"
+        );
+        // A new topic of the same name gets a new id, never the quarantined directory.
+        let again = c.create("orders", &config(1)).unwrap();
+        assert!(again.id > t.id);
+        drop(c);
+        // The quarantined directory stays as it is across restarts.
+        let c = load(dir.path());
+        assert_eq!(c.quarantined().len(), 1);
+        assert_eq!(c.get("orders"), Some(again));
+    }
+
+    #[test]
+    fn given_an_interrupted_create_when_loading_should_remove_only_that() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("topics");
+        std::fs::create_dir_all(root.join("half.7")).unwrap();
+        std::fs::write(root.join("half.7").join("topic.meta.tmp"), b"name=half").unwrap();
+        std::fs::create_dir_all(root.join("lost.8").join("0")).unwrap();
+        let c = load(dir.path());
+        assert!(!root.join("half.7").exists());
+        assert_eq!(
+            c.quarantined().len(),
+            1,
+            "a directory with data is never removed"
+        );
+        assert!(c.create("x", &config(1)).unwrap().id > 8);
     }
 }

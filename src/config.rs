@@ -111,12 +111,32 @@ pub struct BrokerConfig {
     pub log_format: LogFormat,
     /// Most client connections at once, over all shards.
     pub connections_max: usize,
-    /// A connection with no request for this long is closed.
+    /// A connection that completes no request for this long is closed.
     pub idle_timeout_ms: u64,
+    /// A frame must arrive whole within this long of its first byte, or the connection is closed.
+    pub frame_read_timeout_ms: u64,
     /// Largest request frame accepted.
     pub frame_bytes_max: usize,
-    /// Requests in flight on one connection before the broker stops reading from it.
+    /// Requests in flight on one connection (read and not yet answered on the wire) before the
+    /// broker stops reading from it.
     pub connection_inflight_max: usize,
+    /// Bytes of request frames and queued responses one connection may hold before the broker
+    /// stops reading from it.
+    pub connection_bytes_max: usize,
+    /// The broker's memory budget for connections: receive buffers, request frames, forwarded
+    /// copies and queued responses, over all connections.
+    pub memory_bytes_max: usize,
+    /// Most items (topics of a Metadata request, blocks of a Produce, Fetch or ListOffsets
+    /// request) in one request.
+    pub request_items_max: usize,
+    /// Most record bytes in one Fetch response, whatever the request asks for.
+    pub fetch_bytes_max: usize,
+    /// Most partitions one topic may have.
+    pub topic_partitions_max: u32,
+    /// Most partitions over all topics.
+    pub partitions_max: u64,
+    /// Threads that flush logs and prepare segments, shared by every partition.
+    pub flush_threads: usize,
     /// Segment file reservation.
     pub segment_bytes: usize,
     /// Roll a non-empty segment older than this.
@@ -157,8 +177,16 @@ impl Default for BrokerConfig {
             log_format: LogFormat::Human,
             connections_max: 10_000,
             idle_timeout_ms: 600_000,
+            frame_read_timeout_ms: 30_000,
             frame_bytes_max: 64 << 20,
             connection_inflight_max: 1024,
+            connection_bytes_max: 64 << 20,
+            memory_bytes_max: 512 << 20,
+            request_items_max: 100_000,
+            fetch_bytes_max: 32 << 20,
+            topic_partitions_max: 4096,
+            partitions_max: 100_000,
+            flush_threads: 4,
             segment_bytes: 128 << 20,
             segment_ms: 7 * 24 * 3600 * 1000,
             record_bytes_max: 1 << 20,
@@ -206,15 +234,39 @@ pub struct ConfigLayer {
     /// Max client connections [default: 10000].
     #[arg(long, env = "LEVEE_CONNECTIONS_MAX")]
     pub connections_max: Option<usize>,
-    /// Close connections idle this long [default: 600000].
+    /// Close connections that complete no request for this long [default: 600000].
     #[arg(long, env = "LEVEE_IDLE_TIMEOUT_MS")]
     pub idle_timeout_ms: Option<u64>,
+    /// Close connections whose frame does not arrive whole within this long [default: 30000].
+    #[arg(long, env = "LEVEE_FRAME_READ_TIMEOUT_MS")]
+    pub frame_read_timeout_ms: Option<u64>,
     /// Max request frame bytes [default: 67108864].
     #[arg(long, env = "LEVEE_FRAME_BYTES_MAX")]
     pub frame_bytes_max: Option<usize>,
     /// Max requests in flight per connection [default: 1024].
     #[arg(long, env = "LEVEE_CONNECTION_INFLIGHT_MAX")]
     pub connection_inflight_max: Option<usize>,
+    /// Max bytes of frames and queued responses per connection [default: 67108864].
+    #[arg(long, env = "LEVEE_CONNECTION_BYTES_MAX")]
+    pub connection_bytes_max: Option<usize>,
+    /// Memory budget of all connections' buffers [default: 536870912].
+    #[arg(long, env = "LEVEE_MEMORY_BYTES_MAX")]
+    pub memory_bytes_max: Option<usize>,
+    /// Max topics or blocks in one request [default: 100000].
+    #[arg(long, env = "LEVEE_REQUEST_ITEMS_MAX")]
+    pub request_items_max: Option<usize>,
+    /// Max record bytes in one Fetch response [default: 33554432].
+    #[arg(long, env = "LEVEE_FETCH_BYTES_MAX")]
+    pub fetch_bytes_max: Option<usize>,
+    /// Max partitions of one topic [default: 4096].
+    #[arg(long, env = "LEVEE_TOPIC_PARTITIONS_MAX")]
+    pub topic_partitions_max: Option<u32>,
+    /// Max partitions over all topics [default: 100000].
+    #[arg(long, env = "LEVEE_PARTITIONS_MAX")]
+    pub partitions_max: Option<u64>,
+    /// Storage threads (flushes, segment preparation) [default: 4].
+    #[arg(long, env = "LEVEE_FLUSH_THREADS")]
+    pub flush_threads: Option<usize>,
     /// Segment file size [default: 134217728].
     #[arg(long, env = "LEVEE_SEGMENT_BYTES")]
     pub segment_bytes: Option<usize>,
@@ -312,8 +364,16 @@ impl ConfigLayer {
             log_format,
             connections_max,
             idle_timeout_ms,
+            frame_read_timeout_ms,
             frame_bytes_max,
             connection_inflight_max,
+            connection_bytes_max,
+            memory_bytes_max,
+            request_items_max,
+            fetch_bytes_max,
+            topic_partitions_max,
+            partitions_max,
+            flush_threads,
             segment_bytes,
             segment_ms,
             record_bytes_max,
@@ -352,9 +412,9 @@ impl ConfigLayer {
                 ))
             }
         };
+        // One meaning everywhere (catalog::retention_limit): 0 and u64::MAX are unlimited.
         let unlimited = |v: Option<u64>, default: Option<u64>| match v {
-            Some(0) => None,
-            Some(v) => Some(v),
+            Some(v) => crate::catalog::retention_limit(v),
             None => default,
         };
         let c = BrokerConfig {
@@ -368,10 +428,20 @@ impl ConfigLayer {
             log_format,
             connections_max: self.connections_max.unwrap_or(d.connections_max),
             idle_timeout_ms: self.idle_timeout_ms.unwrap_or(d.idle_timeout_ms),
+            frame_read_timeout_ms: self
+                .frame_read_timeout_ms
+                .unwrap_or(d.frame_read_timeout_ms),
             frame_bytes_max: self.frame_bytes_max.unwrap_or(d.frame_bytes_max),
             connection_inflight_max: self
                 .connection_inflight_max
                 .unwrap_or(d.connection_inflight_max),
+            connection_bytes_max: self.connection_bytes_max.unwrap_or(d.connection_bytes_max),
+            memory_bytes_max: self.memory_bytes_max.unwrap_or(d.memory_bytes_max),
+            request_items_max: self.request_items_max.unwrap_or(d.request_items_max),
+            fetch_bytes_max: self.fetch_bytes_max.unwrap_or(d.fetch_bytes_max),
+            topic_partitions_max: self.topic_partitions_max.unwrap_or(d.topic_partitions_max),
+            partitions_max: self.partitions_max.unwrap_or(d.partitions_max),
+            flush_threads: self.flush_threads.unwrap_or(d.flush_threads),
             segment_bytes: self.segment_bytes.unwrap_or(d.segment_bytes),
             segment_ms: self.segment_ms.unwrap_or(d.segment_ms),
             record_bytes_max: self.record_bytes_max.unwrap_or(d.record_bytes_max),
@@ -408,14 +478,52 @@ impl BrokerConfig {
         if self.connection_inflight_max == 0 {
             return invalid("connection_inflight_max", "must be at least 1");
         }
-        if self.frame_bytes_max < 1024 || self.frame_bytes_max > u32::MAX as usize {
-            return invalid("frame_bytes_max", "must be between 1 KiB and 4 GiB");
+        if self.frame_bytes_max < 1024 || self.frame_bytes_max > crate::protocol::FRAME_SIZE_MAX {
+            return invalid("frame_bytes_max", "must be between 1 KiB and 64 MiB");
+        }
+        if self.connection_bytes_max < self.frame_bytes_max {
+            return invalid(
+                "connection_bytes_max",
+                "must be at least frame_bytes_max (a connection must hold one whole frame)",
+            );
+        }
+        if self.memory_bytes_max < self.connection_bytes_max {
+            return invalid(
+                "memory_bytes_max",
+                "must be at least connection_bytes_max (one connection must fit)",
+            );
+        }
+        if self.request_items_max == 0 {
+            return invalid("request_items_max", "must be at least 1");
+        }
+        // One record of the largest size must fit, and a response stays a frame (with room for
+        // the headers of the blocks).
+        let record = crate::record::record_len(self.record_bytes_max);
+        if self.fetch_bytes_max < record
+            || self.fetch_bytes_max > crate::protocol::FRAME_SIZE_MAX / 2
+        {
+            return invalid(
+                "fetch_bytes_max",
+                "must hold one record of record_bytes_max and be at most 32 MiB",
+            );
+        }
+        if self.topic_partitions_max == 0 || self.partitions_max == 0 {
+            return invalid("topic_partitions_max/partitions_max", "must be at least 1");
+        }
+        if self.flush_threads == 0 || self.flush_threads > 64 {
+            return invalid("flush_threads", "must be 1..=64");
         }
         if self.shard_queue_max == 0 {
             return invalid("shard_queue_max", "must be at least 1");
         }
-        if self.retention_check_ms == 0 || self.idle_timeout_ms == 0 {
-            return invalid("retention_check_ms/idle_timeout_ms", "must be positive");
+        if self.retention_check_ms == 0
+            || self.idle_timeout_ms == 0
+            || self.frame_read_timeout_ms == 0
+        {
+            return invalid(
+                "retention_check_ms/idle_timeout_ms/frame_read_timeout_ms",
+                "must be positive",
+            );
         }
         self.log_config(None, None)
             .validate()

@@ -27,6 +27,8 @@ pub mod config;
 pub mod protocol;
 pub mod record;
 #[cfg(feature = "broker")]
+pub mod runtime;
+#[cfg(feature = "broker")]
 pub mod server;
 #[cfg(feature = "broker")]
 pub mod shard;

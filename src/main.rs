@@ -30,11 +30,14 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    match cli::run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+    // A panic that escapes is reported by the hook above and exits 1, never Rust's 101: the
+    // contract allows 0, 1 and 2 only.
+    match std::panic::catch_unwind(|| cli::run(cli)) {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
             eprintln!("error: {e:#}");
             ExitCode::from(1)
         }
+        Err(_) => ExitCode::from(1),
     }
 }

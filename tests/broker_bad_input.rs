@@ -28,7 +28,7 @@ fn records(n: u64) -> Vec<u8> {
 
 fn produce(raw: &mut Raw, cid: u32, run: &[u8]) -> (ErrorCode, u64) {
     let mut out = Vec::new();
-    protocol::encode_produce(&mut out, cid, Acks::Written, 5000, &[("t", 0, run)]);
+    protocol::encode_produce(&mut out, cid, Acks::Written, 5000, &[("t", 0, run)]).unwrap();
     raw.send(&out);
     let frame = raw.recv().expect("produce response");
     let (h, body) = protocol::decode_response(&frame).unwrap();
@@ -138,20 +138,20 @@ fn given_hostile_frames_when_sent_should_answer_typed_or_close_and_keep_serving(
     // Unknown api key and unsupported version: typed errors, connection stays open.
     let mut raw = Raw::connect(broker.addr);
     let mut frame = Vec::new();
-    protocol::encode_request(&mut frame, 5, &Request::ListTopics);
+    protocol::encode_request(&mut frame, 5, &Request::ListTopics).unwrap();
     frame[4] = 250;
     expect_error_then_open(&mut raw, &frame, ErrorCode::UnknownApiKey);
-    protocol::encode_request(&mut frame, 6, &Request::ListTopics);
+    protocol::encode_request(&mut frame, 6, &Request::ListTopics).unwrap();
     frame[6] = 9;
     expect_error_then_open(&mut raw, &frame, ErrorCode::UnsupportedVersion);
     // A body that does not decode (a string running past the frame).
-    protocol::encode_request(&mut frame, 7, &Request::DescribeTopic { name: "t".into() });
+    protocol::encode_request(&mut frame, 7, &Request::DescribeTopic { name: "t".into() }).unwrap();
     frame[16] = 200;
     expect_error_then_open(&mut raw, &frame, ErrorCode::InvalidRequest);
 
     // A truncated frame followed by EOF: closed without a response.
     let mut raw = Raw::connect(broker.addr);
-    protocol::encode_request(&mut frame, 8, &Request::ListTopics);
+    protocol::encode_request(&mut frame, 8, &Request::ListTopics).unwrap();
     let mut cut = frame.clone();
     cut[0] = 100;
     raw.stream.write_all(&cut).unwrap();
@@ -182,7 +182,8 @@ fn given_hostile_frames_when_sent_should_answer_typed_or_close_and_keep_serving(
         Acks::Written,
         1000,
         &[("missing", 0, &records(1))],
-    );
+    )
+    .unwrap();
     good.send(&out);
     let (_, body) = protocol::decode_response(&good.recv().unwrap()).unwrap();
     let Some(Response::Produce(r)) = body else {

@@ -62,7 +62,8 @@ fn given_1000_requests_in_flight_on_one_connection_should_match_every_correlatio
                 Acks::Written,
                 5000,
                 &[("pipe", (cid / 2) % 4, &run)],
-            );
+            )
+            .unwrap();
         } else {
             protocol::encode_request(
                 &mut frame,
@@ -72,7 +73,8 @@ fn given_1000_requests_in_flight_on_one_connection_should_match_every_correlatio
                     partition: cid % 4,
                     spec: OffsetSpec::Latest,
                 }]),
-            );
+            )
+            .unwrap();
         }
         all.extend_from_slice(&frame);
     }
@@ -150,7 +152,8 @@ fn given_long_poll_on_empty_partition_when_message_arrives_should_return_promptl
             Acks::Written,
             5000,
             &[("lp", partition, &one_record("wake"))],
-        );
+        )
+        .unwrap();
         admin.send(&frame);
         admin.recv().unwrap();
         let (returned, started, bytes) = poller.join().unwrap();
@@ -181,7 +184,8 @@ fn given_topics_and_data_when_broker_restarts_should_keep_them() {
             Acks::Durable,
             5000,
             &[("keep", p, &one_record("x"))],
-        );
+        )
+        .unwrap();
         raw.send(&frame);
         raw.recv().unwrap();
     }

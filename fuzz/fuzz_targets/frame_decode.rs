@@ -31,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
                     p.acks,
                     p.timeout_ms,
                     &blocks,
-                );
+                ).unwrap();
             }
             other => protocol::encode_request(&mut again, header.correlation_id, other),
         }

@@ -608,7 +608,8 @@ fn run_baselines(
             acks,
             PRODUCE_TIMEOUT_MS,
             &[(topic, 0, batch.prefix(n))],
-        );
+        )
+        .unwrap();
         f
     };
     let full = frame_of(batch.records);

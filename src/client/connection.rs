@@ -33,8 +33,8 @@ use rkyv::util::AlignedVec;
 use super::oneshot::{self, lock};
 use super::{ClientConfig, ClientError};
 use crate::protocol::{
-    self, encode_produce_head, encode_request, frame_len, response_header, Acks, ApiKey, ErrorCode,
-    FrameBuffers, Request, Response, ResponseHeader, HEADER_LEN,
+    self, encode_produce_head, encode_request_at, frame_len, response_header, Acks, ApiKey,
+    EncodeError, ErrorCode, FrameBuffers, Request, Response, ResponseHeader, HEADER_LEN,
 };
 
 /// Bytes read from the socket at a time; frames larger than this are read straight into their own
@@ -209,6 +209,9 @@ struct ConnShared {
     request_timeout: Duration,
     frame_bytes_max: usize,
     frames: Arc<Mutex<FrameBuffers>>,
+    /// The version each api is sent at, by api key: the newest this build speaks until
+    /// [`Connection::negotiated`] records what the broker answered in ApiVersions.
+    versions: Mutex<[u16; ApiKey::ALL.len()]>,
 }
 
 /// A pipelined connection to one broker listener. Cheap to share behind an `Arc`; dropping the
@@ -279,6 +282,7 @@ impl Connection {
             request_timeout: Duration::from_millis(config.request_timeout_ms),
             frame_bytes_max: config.frame_bytes_max,
             frames: Arc::new(Mutex::new(FrameBuffers::new(FRAME_POOL_BYTES_MAX))),
+            versions: Mutex::new(ApiKey::ALL.map(|k| k.versions().1)),
         });
         let for_reader = shared.clone();
         std::thread::Builder::new()
@@ -292,6 +296,17 @@ impl Connection {
     /// The address this connection was opened to.
     pub fn addr(&self) -> &str {
         &self.shared.addr
+    }
+
+    /// Records the versions negotiated with the broker (see [`ApiKey::negotiate`]): every later
+    /// request of `api` is sent at `versions[api as usize]`.
+    pub fn negotiated(&self, versions: [u16; ApiKey::ALL.len()]) {
+        *lock(&self.shared.versions) = versions;
+    }
+
+    /// The version requests of `api` are sent at.
+    pub fn version(&self, api: ApiKey) -> u16 {
+        lock(&self.shared.versions)[api as usize]
     }
 
     /// True once the connection failed or was closed; it never recovers.
@@ -318,9 +333,9 @@ impl Connection {
             Request::Fetch(f) => Duration::from_millis(u64::from(f.max_wait_ms)),
             _ => Duration::ZERO,
         };
+        let version = self.version(request.api_key());
         let future = self.send_frame(request.api_key(), true, extra_wait, &[], |out, cid| {
-            encode_request(out, cid, request);
-            Vec::new()
+            encode_request_at(out, version, cid, request).map(|()| Vec::new())
         })?;
         future.ok_or_else(|| unreachable_no_future(&self.shared.addr))
     }
@@ -338,12 +353,13 @@ impl Connection {
         let expect_response = acks != Acks::None;
         let extra_wait = Duration::from_millis(u64::from(timeout_ms));
         let runs: Vec<&[u8]> = blocks.iter().map(|&(_, _, run)| run).collect();
+        let version = self.version(ApiKey::Produce);
         self.send_frame(
             ApiKey::Produce,
             expect_response,
             extra_wait,
             &runs,
-            |out, cid| encode_produce_head(out, cid, acks, timeout_ms, blocks),
+            |out, cid| encode_produce_head(out, version, cid, acks, timeout_ms, blocks),
         )
     }
 
@@ -358,7 +374,7 @@ impl Connection {
         expect_response: bool,
         extra_wait: Duration,
         runs: &[&[u8]],
-        encode: impl FnOnce(&mut Vec<u8>, u32) -> Vec<usize>,
+        encode: impl FnOnce(&mut Vec<u8>, u32) -> Result<Vec<usize>, EncodeError>,
     ) -> Result<Option<ResponseFuture>, ClientError> {
         let s = &self.shared;
         let (cid, rx) = {
@@ -407,27 +423,35 @@ impl Connection {
         let written = {
             let mut w = lock(&s.writer);
             let WriterState { stream, buf } = &mut *w;
-            let splits = encode(buf, cid);
-            debug_assert_eq!(splits.len(), runs.len());
-            let size = buf.len() + runs.iter().map(|r| r.len()).sum::<usize>();
-            debug_assert_eq!(
-                u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize + 4,
-                size
-            );
-            let result = if size > s.frame_bytes_max {
-                Err(ClientError::RecordTooLarge {
-                    size,
-                    max: s.frame_bytes_max,
-                    limit: "frame_bytes_max",
-                })
-            } else {
-                write_spliced(stream, buf, &splits, runs).map_err(|e| {
-                    let reason = format!("write failed: {e}");
-                    ClientError::Disconnected {
-                        addr: s.addr.to_string(),
-                        reason,
+            let result = match encode(buf, cid) {
+                Err(EncodeError::FrameTooLarge { size, max }) => Err(ClientError::RecordTooLarge {
+                    size: usize::try_from(size).unwrap_or(usize::MAX),
+                    max,
+                    limit: "the protocol's frame size",
+                }),
+                Err(e) => Err(ClientError::Encode(e)),
+                Ok(splits) => {
+                    debug_assert_eq!(splits.len(), runs.len());
+                    let size = buf.len() + runs.iter().map(|r| r.len()).sum::<usize>();
+                    debug_assert_eq!(
+                        u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize + 4,
+                        size
+                    );
+                    if size > s.frame_bytes_max {
+                        Err(ClientError::RecordTooLarge {
+                            size,
+                            max: s.frame_bytes_max,
+                            limit: "frame_bytes_max",
+                        })
+                    } else {
+                        write_spliced(stream, buf, &splits, runs).map_err(|e| {
+                            ClientError::Disconnected {
+                                addr: s.addr.to_string(),
+                                reason: format!("write failed: {e}"),
+                            }
+                        })
                     }
-                })
+                }
             };
             if buf.capacity() > ENCODE_BUFFER_KEEP_BYTES {
                 *buf = Vec::new();

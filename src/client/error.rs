@@ -3,7 +3,7 @@
 use std::io;
 use std::sync::Arc;
 
-use crate::protocol::{ApiKey, DecodeError, ErrorCode};
+use crate::protocol::{ApiKey, DecodeError, EncodeError, ErrorCode};
 use crate::record::RecordError;
 
 /// Every failure the client reports. Cloneable, because one broken connection or one failed batch
@@ -111,6 +111,9 @@ pub enum ClientError {
         /// Why.
         reason: String,
     },
+    /// A request could not be encoded (a name too long for the protocol, a frame over 64 MiB).
+    #[error("cannot encode the request: {0}")]
+    Encode(#[from] EncodeError),
     /// The producer was closed; no more records are accepted.
     #[error("producer is closed")]
     Closed,

@@ -898,22 +898,29 @@ impl Client {
             Response::ApiVersions { apis, broker } => (apis, broker),
             other => return Err(unexpected(ApiKey::ApiVersions, &other)),
         };
+        // Per api: the newest version both sides speak. An api the broker lacks (an older broker)
+        // fails only when it is used, with the broker's answer; the ones it has keep working.
+        let mut versions = ApiKey::ALL.map(|k| k.versions().1);
         for key in ApiKey::ALL {
-            // The version this client writes in every request header (protocol::begin_request).
-            let version = key.versions().1;
             let supported = apis
                 .iter()
                 .find(|(k, _, _)| *k == key as u16)
                 .map(|&(_, min, max)| (min, max));
-            if !supported.is_some_and(|(min, max)| (min..=max).contains(&version)) {
-                return Err(ClientError::UnsupportedVersion {
-                    broker,
-                    api: key,
-                    version,
-                    supported,
-                });
+            match supported.map(|range| (range, key.negotiate(range))) {
+                Some((_, Some(v))) => versions[key as usize] = v,
+                Some((range, None)) => {
+                    // Both sides know the api but share no version: nothing of it can work.
+                    return Err(ClientError::UnsupportedVersion {
+                        broker,
+                        api: key,
+                        version: key.versions().1,
+                        supported: Some(range),
+                    });
+                }
+                None => {}
             }
         }
+        conn.negotiated(versions);
         *lock(&self.inner.broker) = broker;
         Ok(conn)
     }

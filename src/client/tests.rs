@@ -168,7 +168,7 @@ fn serve(
                     apis,
                     broker: "fake 0".into(),
                 };
-                encode_response(&mut out, ApiKey::ApiVersions, cid, &body);
+                encode_response(&mut out, ApiKey::ApiVersions, cid, &body).unwrap();
                 conn.send(&out);
             }
             Request::Metadata { topics: asked } => {
@@ -199,7 +199,8 @@ fn serve(
                     ApiKey::Metadata,
                     cid,
                     &Response::Metadata { shards, topics },
-                );
+                )
+                .unwrap();
                 conn.send(&out);
             }
             _ => {
@@ -230,7 +231,7 @@ fn produce_reply(cid: u32, topic: &str, partition: u32, error: ErrorCode, base: 
         base_offset: base,
         timestamp_ms: 1_700_000_000_000,
     }];
-    encode_response(&mut out, ApiKey::Produce, cid, &Response::Produce(results));
+    encode_response(&mut out, ApiKey::Produce, cid, &Response::Produce(results)).unwrap();
     out
 }
 
@@ -251,7 +252,7 @@ fn fetch_reply(
         next,
         run: 0..run.len(),
     }];
-    let splits = encode_fetch_response(&mut head, cid, &results);
+    let splits = encode_fetch_response(&mut head, cid, &results).unwrap();
     let mut frame = head[..splits[0]].to_vec();
     frame.extend_from_slice(run);
     frame.extend_from_slice(&head[splits[0]..]);
@@ -322,7 +323,8 @@ fn given_out_of_order_responses_when_pipelined_should_match_by_correlation_id() 
                 ApiKey::DescribeTopic,
                 header.correlation_id,
                 &body,
-            );
+            )
+            .unwrap();
             conn.held.push(out);
             // Answer only once all three are in flight, newest first.
             if conn.held.len() == 3 {
@@ -413,7 +415,7 @@ fn given_acks_none_when_producing_should_register_no_pending_entry() {
         if matches!(request, Request::ListTopics) {
             let mut out = Vec::new();
             let body = Response::ListTopics(vec![("t".into(), 1)]);
-            encode_response(&mut out, ApiKey::ListTopics, header.correlation_id, &body);
+            encode_response(&mut out, ApiKey::ListTopics, header.correlation_id, &body).unwrap();
             conn.send(&out);
         }
         Flow::Continue
@@ -708,7 +710,8 @@ fn fetch_handler(conn: &mut FakeConn, header: RequestHeader, request: &Request, 
                 ApiKey::ListOffsets,
                 cid,
                 &Response::ListOffsets(results),
-            );
+            )
+            .unwrap();
             conn.send(&out);
         }
         _ => {}
@@ -895,6 +898,6 @@ fn given_several_blocks_when_producing_should_send_each_run_intact_from_the_call
     assert_eq!(broker.produces(), vec![(Acks::None, vec![2, 3, 0, 1])]);
     let mut expected = Vec::new();
     // The fake broker's first request gets correlation id 1 on a fresh connection.
-    crate::protocol::encode_produce(&mut expected, 1, Acks::None, 1234, &blocks);
+    crate::protocol::encode_produce(&mut expected, 1, Acks::None, 1234, &blocks).unwrap();
     assert_eq!(lock(&seen).as_slice(), &[expected]);
 }

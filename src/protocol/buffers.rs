@@ -7,25 +7,54 @@
 
 use rkyv::util::AlignedVec;
 
-/// Spare frame buffers, at most `bytes_max` bytes of them.
+/// Spare frame buffers, at most `bytes_max` bytes of them. Each spare buffer carries a tag `T`
+/// that travels with it (the server keeps each buffer's memory-budget charge there).
 #[derive(Debug)]
-pub struct FrameBuffers {
-    spare: Vec<AlignedVec<16>>,
+pub struct FrameBuffers<T = ()> {
+    spare: Vec<(AlignedVec<16>, T)>,
     bytes_max: usize,
 }
 
-impl FrameBuffers {
+impl<T> FrameBuffers<T> {
     /// An empty pool that keeps at most `bytes_max` bytes of spare buffers.
-    pub fn new(bytes_max: usize) -> FrameBuffers {
+    pub fn new(bytes_max: usize) -> FrameBuffers<T> {
         FrameBuffers {
             spare: Vec::new(),
             bytes_max,
         }
     }
 
+    /// The most recently returned spare buffer and its tag, if any.
+    pub fn take_spare(&mut self) -> Option<(AlignedVec<16>, T)> {
+        self.spare.pop()
+    }
+
+    /// Keeps `buf` for reuse, unless that would hold more than the bound; a buffer not kept is
+    /// handed back.
+    pub fn give_tagged(&mut self, buf: AlignedVec<16>, tag: T) -> Result<(), (AlignedVec<16>, T)> {
+        if self.held_bytes() + buf.len() <= self.bytes_max {
+            self.spare.push((buf, tag));
+            Ok(())
+        } else {
+            Err((buf, tag))
+        }
+    }
+
+    /// Bytes of the spare buffers held.
+    pub fn held_bytes(&self) -> usize {
+        self.spare.iter().map(|(b, _)| b.len()).sum()
+    }
+
+    /// Drops every spare buffer.
+    pub fn clear(&mut self) {
+        self.spare.clear();
+    }
+}
+
+impl FrameBuffers<()> {
     /// A buffer of at least `len` initialized bytes (a spare one if there is one).
     pub fn take(&mut self, len: usize) -> AlignedVec<16> {
-        let mut buf = self.spare.pop().unwrap_or_default();
+        let mut buf = self.take_spare().map(|(b, ())| b).unwrap_or_default();
         if buf.len() < len {
             buf.resize(len, 0);
         }
@@ -34,14 +63,7 @@ impl FrameBuffers {
 
     /// Keeps `buf` for reuse, unless that would hold more than the bound.
     pub fn give(&mut self, buf: AlignedVec<16>) {
-        if self.held_bytes() + buf.len() <= self.bytes_max {
-            self.spare.push(buf);
-        }
-    }
-
-    /// Bytes of the spare buffers held.
-    pub fn held_bytes(&self) -> usize {
-        self.spare.iter().map(|b| b.len()).sum()
+        let _ = self.give_tagged(buf, ());
     }
 }
 

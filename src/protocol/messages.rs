@@ -10,7 +10,7 @@ use std::ops::Range;
 use super::wire::{Reader, Writer};
 use super::{
     begin_request, begin_response, finish_frame, request_header, response_header, ApiKey,
-    DecodeError, ErrorCode, RequestHeader, ResponseHeader, HEADER_LEN,
+    DecodeError, EncodeError, ErrorCode, RequestHeader, ResponseHeader, HEADER_LEN,
 };
 
 /// What a producer waits for before a send counts as done (CONTRACT.md, "Durability").
@@ -214,9 +214,27 @@ fn partitions_u32(v: Option<u64>, position: usize) -> Result<Option<u32>, Decode
     .transpose()
 }
 
-/// Decodes a whole request frame (as delimited by [`super::frame_len`]).
+/// Decodes a whole request frame (as delimited by [`super::frame_len`]) with no limit on the
+/// number of items in its arrays beyond what the frame holds.
 pub fn decode_request(frame: &[u8]) -> Result<(RequestHeader, Request), DecodeError> {
+    decode_request_limited(frame, u32::MAX as usize)
+}
+
+/// Decodes a whole request frame, refusing any array (topics of a Metadata request, blocks of a
+/// Produce, Fetch or ListOffsets request) of more than `items_max` items before decoding its
+/// items ([`DecodeError::TooManyItems`]).
+pub fn decode_request_limited(
+    frame: &[u8],
+    items_max: usize,
+) -> Result<(RequestHeader, Request), DecodeError> {
     let header = request_header(frame)?;
+    // Checked so that the field can be given a meaning later without a new version.
+    if header.reserved != 0 {
+        return Err(DecodeError::Invalid {
+            position: 12,
+            what: "reserved header field is not zero",
+        });
+    }
     let key = ApiKey::from_u16(header.api_key).ok_or(DecodeError::UnknownApiKey(header.api_key))?;
     let (min, max) = key.versions();
     if header.api_version < min || header.api_version > max {
@@ -226,12 +244,24 @@ pub fn decode_request(frame: &[u8]) -> Result<(RequestHeader, Request), DecodeEr
         });
     }
     let mut r = Reader::new(frame, HEADER_LEN);
+    let count = |r: &mut Reader, min_item_bytes: usize| {
+        let at = r.position();
+        let n = r.count(min_item_bytes)?;
+        if n > items_max {
+            return Err(DecodeError::TooManyItems {
+                position: at,
+                count: n,
+                max: items_max,
+            });
+        }
+        Ok(n)
+    };
     let request = match key {
         ApiKey::ApiVersions => Request::ApiVersions {
             client_id: r.string()?,
         },
         ApiKey::Metadata => {
-            let n = r.count(MIN_STR)?;
+            let n = count(&mut r, MIN_STR)?;
             let mut topics = Vec::with_capacity(n);
             for _ in 0..n {
                 topics.push(r.string()?);
@@ -263,7 +293,7 @@ pub fn decode_request(frame: &[u8]) -> Result<(RequestHeader, Request), DecodeEr
             let at = r.position();
             let acks = Acks::from_u8(r.u8()?, at)?;
             let timeout_ms = r.u32()?;
-            let n = r.count(MIN_PRODUCE_BLOCK)?;
+            let n = count(&mut r, MIN_PRODUCE_BLOCK)?;
             let mut blocks = Vec::with_capacity(n);
             for _ in 0..n {
                 blocks.push(ProduceBlock {
@@ -282,7 +312,7 @@ pub fn decode_request(frame: &[u8]) -> Result<(RequestHeader, Request), DecodeEr
             let max_wait_ms = r.u32()?;
             let min_bytes = r.u32()?;
             let max_bytes = r.u32()?;
-            let n = r.count(MIN_FETCH_BLOCK)?;
+            let n = count(&mut r, MIN_FETCH_BLOCK)?;
             let mut blocks = Vec::with_capacity(n);
             for _ in 0..n {
                 blocks.push(FetchBlock {
@@ -300,7 +330,7 @@ pub fn decode_request(frame: &[u8]) -> Result<(RequestHeader, Request), DecodeEr
             })
         }
         ApiKey::ListOffsets => {
-            let n = r.count(MIN_LIST_OFFSETS_BLOCK)?;
+            let n = count(&mut r, MIN_LIST_OFFSETS_BLOCK)?;
             let mut blocks = Vec::with_capacity(n);
             for _ in 0..n {
                 let topic = r.string()?;
@@ -350,9 +380,25 @@ impl Request {
     }
 }
 
-/// Encodes a request other than Produce (see [`encode_produce`]) as a whole frame into `out`.
-pub fn encode_request(out: &mut Vec<u8>, correlation_id: u32, request: &Request) {
-    begin_request(out, request.api_key(), correlation_id);
+/// Encodes a request other than Produce (see [`encode_produce`]) as a whole frame into `out`, at
+/// the newest version this build speaks.
+pub fn encode_request(
+    out: &mut Vec<u8>,
+    correlation_id: u32,
+    request: &Request,
+) -> Result<(), EncodeError> {
+    encode_request_at(out, request.api_key().versions().1, correlation_id, request)
+}
+
+/// Encodes a request other than Produce (see [`encode_produce`]) at `version` (negotiated with
+/// ApiVersions). Every version of every API has the same body today.
+pub fn encode_request_at(
+    out: &mut Vec<u8>,
+    version: u16,
+    correlation_id: u32,
+    request: &Request,
+) -> Result<(), EncodeError> {
+    begin_request(out, request.api_key(), version, correlation_id);
     let mut w = Writer::new(out);
     match request {
         Request::ApiVersions { client_id } => w.str(client_id),
@@ -381,7 +427,12 @@ pub fn encode_request(out: &mut Vec<u8>, correlation_id: u32, request: &Request)
             w.opt_u64(*retention_ms);
         }
         Request::ListTopics => {}
-        Request::Produce(_) => panic!("Produce requests are encoded with encode_produce"),
+        Request::Produce(_) => {
+            // A decoded Produce holds ranges of its own frame, not records: nothing to encode.
+            return Err(EncodeError::Unsupported {
+                what: "Produce requests are encoded with encode_produce",
+            });
+        }
         Request::Fetch(f) => {
             w.u32(f.max_wait_ms);
             w.u32(f.min_bytes);
@@ -409,23 +460,26 @@ pub fn encode_request(out: &mut Vec<u8>, correlation_id: u32, request: &Request)
             }
         }
     }
-    finish_frame(out, 0);
+    w.finish()?;
+    finish_frame(out, 0)
 }
 
-/// Encodes a Produce request: `blocks` are `(topic, partition, run)` where each run is whole
-/// records as built by [`crate::record::encode`].
+/// Encodes a Produce request at the newest version: `blocks` are `(topic, partition, run)` where
+/// each run is whole records as built by [`crate::record::encode`].
 pub fn encode_produce(
     out: &mut Vec<u8>,
     correlation_id: u32,
     acks: Acks,
     timeout_ms: u32,
     blocks: &[(&str, u32, &[u8])],
-) {
-    let splits = encode_produce_head(out, correlation_id, acks, timeout_ms, blocks);
+) -> Result<(), EncodeError> {
+    let version = ApiKey::Produce.versions().1;
+    let splits = encode_produce_head(out, version, correlation_id, acks, timeout_ms, blocks)?;
     // Back to front, so the earlier split positions stay valid.
     for (at, (_, _, run)) in splits.into_iter().zip(blocks).rev() {
         out.splice(at..at, run.iter().copied());
     }
+    Ok(())
 }
 
 /// Encodes a Produce request without its record runs, for a sender that writes the runs from
@@ -434,12 +488,13 @@ pub fn encode_produce(
 /// size field counts the runs.
 pub fn encode_produce_head(
     out: &mut Vec<u8>,
+    version: u16,
     correlation_id: u32,
     acks: Acks,
     timeout_ms: u32,
     blocks: &[(&str, u32, &[u8])],
-) -> Vec<usize> {
-    begin_request(out, ApiKey::Produce, correlation_id);
+) -> Result<Vec<usize>, EncodeError> {
+    begin_request(out, ApiKey::Produce, version, correlation_id);
     let mut splits = Vec::with_capacity(blocks.len());
     let mut runs = 0;
     let mut w = Writer::new(out);
@@ -454,8 +509,9 @@ pub fn encode_produce_head(
         splits.push(w.len());
         runs += run.len();
     }
-    finish_frame(out, runs);
-    splits
+    w.finish()?;
+    finish_frame(out, runs)?;
+    Ok(splits)
 }
 
 /// A shard's listener, as advertised in Metadata.
@@ -581,8 +637,17 @@ pub enum Response {
     ListOffsets(Vec<ListOffsetsResult>),
 }
 
-/// Encodes a successful response other than Fetch (see [`encode_fetch_response`]).
-pub fn encode_response(out: &mut Vec<u8>, key: ApiKey, correlation_id: u32, response: &Response) {
+/// Encodes a successful response other than Fetch (see [`encode_fetch_response`]). Fails when the
+/// response cannot be a frame (see [`EncodeError`]); the server then answers with an error.
+///
+/// Error codes inside the body are written as given: a server translates them for the request's
+/// version first ([`ErrorCode::for_version`]).
+pub fn encode_response(
+    out: &mut Vec<u8>,
+    key: ApiKey,
+    correlation_id: u32,
+    response: &Response,
+) -> Result<(), EncodeError> {
     begin_response(out, key as u16, ErrorCode::None, correlation_id);
     let mut w = Writer::new(out);
     match response {
@@ -650,7 +715,11 @@ pub fn encode_response(out: &mut Vec<u8>, key: ApiKey, correlation_id: u32, resp
                 w.i64(r.timestamp_ms);
             }
         }
-        Response::Fetch(_) => panic!("Fetch responses are encoded with encode_fetch_response"),
+        Response::Fetch(_) => {
+            return Err(EncodeError::Unsupported {
+                what: "Fetch responses are encoded with encode_fetch_response",
+            })
+        }
         Response::ListOffsets(results) => {
             w.count(results.len());
             for r in results {
@@ -661,7 +730,8 @@ pub fn encode_response(out: &mut Vec<u8>, key: ApiKey, correlation_id: u32, resp
             }
         }
     }
-    finish_frame(out, 0);
+    w.finish()?;
+    finish_frame(out, 0)
 }
 
 /// Encodes a Fetch response without its record runs: `out` receives the headers, and the returned
@@ -671,7 +741,7 @@ pub fn encode_fetch_response(
     out: &mut Vec<u8>,
     correlation_id: u32,
     results: &[FetchResult],
-) -> Vec<usize> {
+) -> Result<Vec<usize>, EncodeError> {
     begin_response(out, ApiKey::Fetch as u16, ErrorCode::None, correlation_id);
     let mut splits = Vec::with_capacity(results.len());
     let mut runs = 0;
@@ -688,8 +758,9 @@ pub fn encode_fetch_response(
         splits.push(w.len());
         runs += r.run.len();
     }
-    finish_frame(out, runs);
-    splits
+    w.finish()?;
+    finish_frame(out, runs)?;
+    Ok(splits)
 }
 
 /// Decodes a whole response frame to an api's body. Error responses decode to their header only:

@@ -26,7 +26,8 @@ pub use messages::*;
 
 /// Bytes of the request and response headers, size field included.
 pub const HEADER_LEN: usize = 16;
-/// Default maximum frame size, size field included (the server's `frame_bytes_max` may lower it).
+/// Maximum frame size, size field included, in both directions: the server's `frame_bytes_max`
+/// may lower it for requests, and no response is ever larger (an encoder refuses to build one).
 pub const FRAME_SIZE_MAX: usize = 64 << 20;
 /// Longest topic name.
 pub const TOPIC_NAME_LEN_MAX: usize = 249;
@@ -79,9 +80,33 @@ impl ApiKey {
         ApiKey::ALL.get(v as usize).copied()
     }
 
-    /// Versions of this request the broker supports: `(min, max)`.
+    /// Versions of this request this build speaks, as broker and as client: `(min, max)`.
+    ///
+    /// Version 1 of an API has the same body as version 0 and differs only in the error codes a
+    /// response may carry: from version 1 on, a request that breaks a broker limit (blocks per
+    /// request, partitions per topic or in total) gets [`ErrorCode::LimitExceeded`]; a version-0
+    /// client gets the code it already knows instead ([`ErrorCode::for_version`]).
     pub fn versions(self) -> (u16, u16) {
-        (0, 0)
+        match self {
+            ApiKey::Metadata
+            | ApiKey::CreateTopic
+            | ApiKey::AlterTopic
+            | ApiKey::Produce
+            | ApiKey::Fetch
+            | ApiKey::ListOffsets => (0, 1),
+            ApiKey::ApiVersions
+            | ApiKey::DeleteTopic
+            | ApiKey::ListTopics
+            | ApiKey::DescribeTopic => (0, 0),
+        }
+    }
+
+    /// The version to speak with a peer that supports `peer` = `(min, max)`: the highest both
+    /// sides speak, or `None` when the ranges do not overlap.
+    pub fn negotiate(self, peer: (u16, u16)) -> Option<u16> {
+        let (min, max) = self.versions();
+        let v = max.min(peer.1);
+        (v >= min.max(peer.0)).then_some(v)
     }
 }
 
@@ -128,6 +153,10 @@ pub enum ErrorCode {
     ShuttingDown = 17,
     /// The broker cannot take more of this right now (connections, queue). Retriable.
     Busy = 18,
+    /// The request breaks a broker limit: blocks per request, partitions per topic or in total.
+    /// Sent only to requests of version 1 or later (older ones get `InvalidRequest` or
+    /// `InvalidConfig`, see [`ErrorCode::for_version`]).
+    LimitExceeded = 19,
 }
 
 impl ErrorCode {
@@ -154,10 +183,44 @@ impl ErrorCode {
             Timeout,
             ShuttingDown,
             Busy,
+            LimitExceeded,
         ]
         .get(v as usize)
         .copied()
         .unwrap_or(Internal)
+    }
+
+    /// The first version of `api` whose responses may carry this code.
+    pub fn since(self, api: ApiKey) -> u16 {
+        match self {
+            ErrorCode::LimitExceeded => match api {
+                ApiKey::Metadata
+                | ApiKey::CreateTopic
+                | ApiKey::AlterTopic
+                | ApiKey::Produce
+                | ApiKey::Fetch
+                | ApiKey::ListOffsets => 1,
+                // Never defined for the others: they always get the fallback.
+                _ => u16::MAX,
+            },
+            _ => 0,
+        }
+    }
+
+    /// The code to send in a response to a request of `api` at `version`: this code if that
+    /// version defines it, else the nearest code the client knows. New codes never reach a client
+    /// that did not negotiate the version that defines them.
+    pub fn for_version(self, api: ApiKey, version: u16) -> ErrorCode {
+        if version >= self.since(api) {
+            return self;
+        }
+        match (self, api) {
+            (ErrorCode::LimitExceeded, ApiKey::CreateTopic | ApiKey::AlterTopic) => {
+                ErrorCode::InvalidConfig
+            }
+            (ErrorCode::LimitExceeded, _) => ErrorCode::InvalidRequest,
+            (other, _) => other,
+        }
     }
 
     /// True when retrying the same request later may succeed.
@@ -213,6 +276,16 @@ pub enum DecodeError {
         /// The version asked for.
         version: u16,
     },
+    /// An array has more items than the broker takes in one request (`request_items_max`).
+    #[error("array at byte {position} has {count} items, more than the limit of {max}")]
+    TooManyItems {
+        /// Where its count is.
+        position: usize,
+        /// Its count.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
 }
 
 impl DecodeError {
@@ -222,9 +295,49 @@ impl DecodeError {
             DecodeError::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
             DecodeError::UnknownApiKey(_) => ErrorCode::UnknownApiKey,
             DecodeError::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,
+            DecodeError::TooManyItems { .. } => ErrorCode::LimitExceeded,
             _ => ErrorCode::InvalidRequest,
         }
     }
+}
+
+/// Why a frame could not be built. Encoders never panic on what they are given: a response too
+/// large for the protocol becomes an error the server answers with instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    /// A string longer than a `u16` length can say.
+    #[error("string of {len} bytes exceeds 65535")]
+    StringTooLong {
+        /// Its length.
+        len: usize,
+    },
+    /// An array or run longer than a `u32` count can say.
+    #[error("count {count} does not fit in u32")]
+    TooMany {
+        /// The count.
+        count: usize,
+    },
+    /// A record run whose length is not a multiple of 16.
+    #[error("record run of {len} bytes is not whole records")]
+    RunNotAligned {
+        /// Its length.
+        len: usize,
+    },
+    /// The frame would exceed [`FRAME_SIZE_MAX`].
+    #[error("frame of {size} bytes exceeds the maximum of {max}")]
+    FrameTooLarge {
+        /// Its size, size field included.
+        size: u64,
+        /// The limit.
+        max: usize,
+    },
+    /// The value is not something this encoder builds (a decoded Produce request, a Fetch
+    /// response without its runs).
+    #[error("cannot encode: {what}")]
+    Unsupported {
+        /// What was asked.
+        what: &'static str,
+    },
 }
 
 /// The fixed header of a request frame.
@@ -236,6 +349,8 @@ pub struct RequestHeader {
     pub api_version: u16,
     /// Echoed in the response.
     pub correlation_id: u32,
+    /// Must be 0 ([`decode_request`] refuses anything else).
+    pub reserved: u32,
 }
 
 /// The fixed header of a response frame.
@@ -270,23 +385,15 @@ pub fn frame_len(buf: &[u8], frame_size_max: usize) -> Result<Option<usize>, Dec
     Ok((buf.len() >= size).then_some(size))
 }
 
-/// Reads the header of a whole request frame.
+/// Reads the header of a request frame as sent, whatever its fields hold, so that even a request
+/// refused for its header can be answered with its api key and correlation id.
 pub fn request_header(frame: &[u8]) -> Result<RequestHeader, DecodeError> {
     let mut r = wire::Reader::new(frame, 4);
-    let api_key = r.u16()?;
-    let api_version = r.u16()?;
-    let correlation_id = r.u32()?;
-    // Checked so that the field can be given a meaning later without a new version.
-    if r.u32()? != 0 {
-        return Err(DecodeError::Invalid {
-            position: 12,
-            what: "reserved header field is not zero",
-        });
-    }
     Ok(RequestHeader {
-        api_key,
-        api_version,
-        correlation_id,
+        api_key: r.u16()?,
+        api_version: r.u16()?,
+        correlation_id: r.u32()?,
+        reserved: r.u32()?,
     })
 }
 
@@ -304,12 +411,13 @@ pub fn response_header(frame: &[u8]) -> Result<ResponseHeader, DecodeError> {
     })
 }
 
-/// Starts a request frame in `out` (cleared); finish it with [`finish_frame`].
-pub fn begin_request(out: &mut Vec<u8>, key: ApiKey, correlation_id: u32) {
+/// Starts a request frame of `key` at `version` in `out` (cleared); finish it with
+/// [`finish_frame`].
+pub fn begin_request(out: &mut Vec<u8>, key: ApiKey, version: u16, correlation_id: u32) {
     out.clear();
     out.extend_from_slice(&[0; 4]);
     out.extend_from_slice(&(key as u16).to_le_bytes());
-    out.extend_from_slice(&key.versions().1.to_le_bytes());
+    out.extend_from_slice(&version.to_le_bytes());
     out.extend_from_slice(&correlation_id.to_le_bytes());
     out.extend_from_slice(&[0; 4]);
 }
@@ -325,10 +433,20 @@ pub fn begin_response(out: &mut Vec<u8>, api_key: u16, error: ErrorCode, correla
 }
 
 /// Writes the size field once the body is complete. `extra` counts bytes that follow `out` on the
-/// wire without being copied into it (record runs of a zero-copy fetch response).
-pub fn finish_frame(out: &mut [u8], extra: usize) {
-    let size = u32::try_from(out.len() + extra - 4).expect("frames are below 4 GiB");
-    out[0..4].copy_from_slice(&size.to_le_bytes());
+/// wire without being copied into it (record runs of a zero-copy fetch response). Fails, leaving
+/// the size field alone, when the whole frame would exceed [`FRAME_SIZE_MAX`].
+pub fn finish_frame(out: &mut [u8], extra: usize) -> Result<(), EncodeError> {
+    assert!(out.len() >= HEADER_LEN, "a frame starts with its header");
+    let size = (out.len() as u64).saturating_add(extra as u64);
+    if size > FRAME_SIZE_MAX as u64 {
+        return Err(EncodeError::FrameTooLarge {
+            size,
+            max: FRAME_SIZE_MAX,
+        });
+    }
+    // FRAME_SIZE_MAX is far below 4 GiB, so this cannot truncate.
+    out[0..4].copy_from_slice(&((size - 4) as u32).to_le_bytes());
+    Ok(())
 }
 
 /// An error response: the header with `error`, and a body holding a human-readable message
@@ -350,8 +468,11 @@ pub fn encode_error(
         }
         msg = &msg[..cut];
     }
-    wire::Writer::new(out).str(msg);
-    finish_frame(out, 0);
+    let mut w = wire::Writer::new(out);
+    w.str(msg);
+    // A message of at most 1024 bytes in a 16-byte header cannot fail either check.
+    let finished = w.finish().and_then(|()| finish_frame(out, 0));
+    debug_assert!(finished.is_ok());
 }
 
 /// The message of an error response's body (empty if the body is not a message).

@@ -88,7 +88,7 @@ proptest! {
     #[test]
     fn request_roundtrip(req in request(), cid in any::<u32>()) {
         let mut out = Vec::new();
-        encode_request(&mut out, cid, &req);
+        encode_request(&mut out, cid, &req).unwrap();
         prop_assert_eq!(frame_len(&out, FRAME_SIZE_MAX).unwrap(), Some(out.len()));
         let (h, back) = decode_request(&out).unwrap();
         prop_assert_eq!(h.correlation_id, cid);
@@ -103,7 +103,7 @@ proptest! {
         let refs: Vec<(&str, u32, &[u8])> =
             blocks.iter().map(|(t, p, r)| (t.as_str(), *p, r.as_slice())).collect();
         let mut out = Vec::new();
-        encode_produce(&mut out, cid, Acks::Durable, 1234, &refs);
+        encode_produce(&mut out, cid, Acks::Durable, 1234, &refs).unwrap();
         let frame = aligned(&out);
         let (_, req) = decode_request(&frame).unwrap();
         let Request::Produce(p) = req else { panic!("not produce") };
@@ -126,7 +126,7 @@ proptest! {
             topic: t.clone(), partition: *p, error: ErrorCode::None, earliest: *e, next: *n, run: 0..r.len(),
         }).collect();
         let mut head = Vec::new();
-        let splits = encode_fetch_response(&mut head, cid, &results);
+        let splits = encode_fetch_response(&mut head, cid, &results).unwrap();
         // Splice as the server does on the wire.
         let mut wire = Vec::new();
         let mut at = 0;
@@ -157,7 +157,7 @@ proptest! {
     #[test]
     fn decoding_mutated_valid_requests_never_panics(req in request(), flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6)) {
         let mut out = Vec::new();
-        encode_request(&mut out, 1, &req);
+        encode_request(&mut out, 1, &req).unwrap();
         for (at, v) in flips { let n = out.len(); out[at % n] ^= v; }
         let _ = decode_request(&out);
     }
@@ -183,13 +183,13 @@ fn given_frame_claiming_4gib_when_sized_should_reject_before_allocating() {
 #[test]
 fn given_unknown_key_or_version_when_decoding_should_fail_typed() {
     let mut out = Vec::new();
-    encode_request(&mut out, 9, &Request::ListTopics);
+    encode_request(&mut out, 9, &Request::ListTopics).unwrap();
     out[4] = 200;
     assert_eq!(
         decode_request(&out).unwrap_err().code(),
         ErrorCode::UnknownApiKey
     );
-    encode_request(&mut out, 9, &Request::ListTopics);
+    encode_request(&mut out, 9, &Request::ListTopics).unwrap();
     out[6] = 7;
     assert_eq!(
         decode_request(&out).unwrap_err().code(),
@@ -200,7 +200,7 @@ fn given_unknown_key_or_version_when_decoding_should_fail_typed() {
 #[test]
 fn given_huge_array_count_when_decoding_should_fail_without_allocating() {
     let mut out = Vec::new();
-    encode_request(&mut out, 1, &Request::Metadata { topics: vec![] });
+    encode_request(&mut out, 1, &Request::Metadata { topics: vec![] }).unwrap();
     out[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
     assert!(matches!(
         decode_request(&out),
@@ -236,8 +236,112 @@ fn given_topic_names_when_validated_should_follow_the_contract() {
 
 #[test]
 fn error_codes_roundtrip_their_wire_values() {
-    for v in 0..19u16 {
+    for v in 0..20u16 {
         assert_eq!(ErrorCode::from_u16(v) as u16, v);
     }
     assert_eq!(ErrorCode::from_u16(999), ErrorCode::Internal);
+}
+
+#[test]
+fn given_new_error_codes_when_sent_to_an_older_version_should_fall_back_to_known_ones() {
+    use ErrorCode::*;
+    assert_eq!(LimitExceeded.for_version(ApiKey::Fetch, 1), LimitExceeded);
+    assert_eq!(LimitExceeded.for_version(ApiKey::Fetch, 0), InvalidRequest);
+    assert_eq!(
+        LimitExceeded.for_version(ApiKey::Metadata, 0),
+        InvalidRequest
+    );
+    assert_eq!(
+        LimitExceeded.for_version(ApiKey::CreateTopic, 0),
+        InvalidConfig
+    );
+    assert_eq!(
+        LimitExceeded.for_version(ApiKey::AlterTopic, 0),
+        InvalidConfig
+    );
+    // An api that never defines the code always gets the fallback.
+    assert_eq!(
+        LimitExceeded.for_version(ApiKey::DescribeTopic, 0),
+        InvalidRequest
+    );
+    for v in 0..19u16 {
+        let code = ErrorCode::from_u16(v);
+        for key in ApiKey::ALL {
+            assert_eq!(code.for_version(key, 0), code, "v0 codes reach v0 clients");
+        }
+    }
+}
+
+#[test]
+fn given_version_ranges_when_negotiated_should_pick_the_highest_common() {
+    assert_eq!(ApiKey::Fetch.negotiate((0, 0)), Some(0));
+    assert_eq!(ApiKey::Fetch.negotiate((0, 7)), Some(1));
+    assert_eq!(ApiKey::Fetch.negotiate((2, 7)), None);
+    assert_eq!(ApiKey::ListTopics.negotiate((0, 3)), Some(0));
+}
+
+#[test]
+fn given_a_nonzero_reserved_field_when_decoding_should_refuse_but_keep_the_header_readable() {
+    let mut out = Vec::new();
+    encode_request(&mut out, 42, &Request::ListTopics).unwrap();
+    out[12] = 1;
+    assert_eq!(
+        decode_request(&out).unwrap_err().code(),
+        ErrorCode::InvalidRequest
+    );
+    let h = request_header(&out).unwrap();
+    assert_eq!((h.correlation_id, h.reserved), (42, 1));
+}
+
+#[test]
+fn given_too_many_items_when_decoding_with_a_limit_should_refuse_typed_before_decoding_them() {
+    let mut out = Vec::new();
+    let topics = vec!["t".to_string(); 11];
+    encode_request(&mut out, 1, &Request::Metadata { topics }).unwrap();
+    assert!(decode_request_limited(&out, 11).is_ok());
+    let e = decode_request_limited(&out, 10).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            DecodeError::TooManyItems {
+                count: 11,
+                max: 10,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(e.code(), ErrorCode::LimitExceeded);
+}
+
+#[test]
+fn given_values_the_format_cannot_carry_when_encoding_should_fail_typed_not_panic() {
+    let mut out = Vec::new();
+    let long = "x".repeat(70_000);
+    let e = encode_request(&mut out, 1, &Request::DeleteTopic { name: long }).unwrap_err();
+    assert_eq!(e, EncodeError::StringTooLong { len: 70_000 });
+    let results = vec![
+        FetchResult {
+            topic: "t".into(),
+            partition: 0,
+            error: ErrorCode::None,
+            earliest: 0,
+            next: 0,
+            run: 0..(48 << 20),
+        };
+        2
+    ];
+    let e = encode_fetch_response(&mut out, 1, &results).unwrap_err();
+    assert!(matches!(e, EncodeError::FrameTooLarge { .. }), "{e:?}");
+    let e = encode_request(
+        &mut out,
+        1,
+        &Request::Produce(ProduceRequest {
+            acks: Acks::Written,
+            timeout_ms: 0,
+            blocks: vec![],
+        }),
+    )
+    .unwrap_err();
+    assert!(matches!(e, EncodeError::Unsupported { .. }));
 }

@@ -4,19 +4,32 @@
 //! [`Reader`] checks every length against what remains before it slices or allocates, so a hostile
 //! length can never make the decoder allocate more than the frame it already holds.
 
-use super::DecodeError;
+use super::{DecodeError, EncodeError};
 use crate::record::RECORD_ALIGN;
 
 /// Appends primitives to a frame being built. Positions for alignment are counted from the start
 /// of the frame (its size field), so the frame must start at index 0 of `buf`.
+///
+/// A value the format cannot carry (a string over 65 535 bytes, a count over `u32`) is not a
+/// panic: the writer remembers the first such error, and [`Writer::finish`] returns it.
 pub struct Writer<'a> {
     buf: &'a mut Vec<u8>,
+    error: Option<EncodeError>,
 }
 
 impl<'a> Writer<'a> {
     /// Writes into `buf`, which holds the frame from its first byte.
     pub fn new(buf: &'a mut Vec<u8>) -> Self {
-        Writer { buf }
+        Writer { buf, error: None }
+    }
+
+    fn fail(&mut self, e: EncodeError) {
+        self.error.get_or_insert(e);
+    }
+
+    /// The first value that could not be encoded, if any.
+    pub fn finish(self) -> Result<(), EncodeError> {
+        self.error.map_or(Ok(()), Err)
     }
 
     /// Appends a `u8`.
@@ -39,12 +52,19 @@ impl<'a> Writer<'a> {
     pub fn i64(&mut self, v: i64) {
         self.buf.extend_from_slice(&v.to_le_bytes());
     }
-    /// Appends a string: `u16` byte length, then UTF-8 bytes. Panics above 65535 bytes: callers
-    /// only write names, whose limits are far below.
+    /// Appends a string: `u16` byte length, then UTF-8 bytes. A string over 65 535 bytes is
+    /// an [`EncodeError::StringTooLong`] (written as empty, so later positions stay consistent).
     pub fn str(&mut self, s: &str) {
-        let len = u16::try_from(s.len()).expect("protocol strings are at most 65535 bytes");
-        self.u16(len);
-        self.buf.extend_from_slice(s.as_bytes());
+        match u16::try_from(s.len()) {
+            Ok(len) => {
+                self.u16(len);
+                self.buf.extend_from_slice(s.as_bytes());
+            }
+            Err(_) => {
+                self.fail(EncodeError::StringTooLong { len: s.len() });
+                self.u16(0);
+            }
+        }
     }
     /// Appends an optional `u64`: a `u8` flag (0 absent, 1 present), then the value if present.
     pub fn opt_u64(&mut self, v: Option<u64>) {
@@ -58,7 +78,13 @@ impl<'a> Writer<'a> {
     }
     /// Appends an array count.
     pub fn count(&mut self, n: usize) {
-        self.u32(u32::try_from(n).expect("array count fits in u32"));
+        match u32::try_from(n) {
+            Ok(n) => self.u32(n),
+            Err(_) => {
+                self.fail(EncodeError::TooMany { count: n });
+                self.u32(0);
+            }
+        }
     }
     /// Appends a record run: `u32` length, zero padding up to the next multiple of 16 from the
     /// frame start, then the run itself (whose length is a multiple of 16).
@@ -69,8 +95,10 @@ impl<'a> Writer<'a> {
     /// Appends only the length and padding of a run whose bytes are sent separately (zero-copy
     /// fetch responses).
     pub fn run_header(&mut self, len: usize) {
-        assert!(len % RECORD_ALIGN == 0, "record runs are whole records");
-        self.u32(u32::try_from(len).expect("run fits in u32"));
+        if len % RECORD_ALIGN != 0 {
+            self.fail(EncodeError::RunNotAligned { len });
+        }
+        self.count(len);
         self.pad();
     }
     fn pad(&mut self) {

@@ -1,34 +1,51 @@
 //! The server: the broker's lifecycle, listeners and connections.
 //!
-//! [`Broker::start`] locks the data directory, loads the catalog, starts one glommio executor per
-//! shard (pinned to its core when `pin_cpus`), and waits until every shard has recovered its
-//! partitions and bound its listeners. Shard 0 also binds the bootstrap listener (`--listen`) and
-//! the metrics listener. Every shard accepts on its own port, advertised in Metadata, so a
-//! partition-aware client reaches the owning shard with no cross-core hop; any request also works
-//! on any connection, through forwarding.
+//! [`Broker::start`] locks the data directory, loads the catalog, starts the storage threads and
+//! one executor per shard (pinned to its core when `pin_cpus`), and waits until every shard has
+//! bound its listeners. Shard 0 also binds the bootstrap listener (`--listen`) and the metrics
+//! listener. Every shard accepts on its own port, advertised in Metadata, so a partition-aware
+//! client reaches the owning shard with no cross-core hop; any request also works on any
+//! connection, through [`Shard::on_owner`]. Partitions open on first use, so start-up does not
+//! depend on how many there are.
 //!
-//! Shutdown ([`Broker::shutdown`]): stop accepting, let in-flight requests finish (bounded by a
-//! grace period), flush and close every log.
+//! Shutdown ([`Broker::shutdown`]): stop accepting, answer pending long polls at once, let
+//! in-flight requests finish and their responses be written (bounded by a grace period), keep
+//! serving forwarded work until every shard has drained, then flush and close every log.
 //!
-//! This module owns sockets and the runtime. Storage is reached only through `shard`.
+//! Failure: a panic in a request is answered `Internal` and logged; the connection and the shard go
+//! on. If a shard's thread dies anyway, the broker fails stop: it prints one `error:` line and the
+//! process exits with status 1, never half-alive.
+//!
+//! This module owns sockets and the lifecycle. Storage is reached only through `shard`, and the
+//! runtime only through `runtime`.
 
+mod budget;
 mod connection;
 mod handler;
 mod metrics;
+mod session;
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use event_listener::Event;
-use glommio::{LocalExecutorBuilder, Placement};
 
-use crate::catalog::{Catalog, CatalogError};
+pub use budget::{Charge, MemoryBudget};
+pub use session::Session;
+
+use crate::catalog::{Catalog, CatalogError, CatalogLimits};
 use crate::config::BrokerConfig;
-use crate::shard::{Shard, ShardOp, Stats};
+use crate::runtime::{self, ExecutorHandle, ExecutorSpec};
+use crate::shard::{Job, Shard, Stats};
+use crate::storage::{FlushPool, Io, MmapIo};
+
+/// How long shutdown waits for connections to finish what they started.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Why the broker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +65,9 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    /// The configuration is not valid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     /// The topic catalog could not be loaded.
     #[error(transparent)]
     Catalog(#[from] CatalogError),
@@ -65,6 +85,8 @@ pub enum ServerError {
 pub(crate) struct Shutdown {
     flag: AtomicBool,
     event: Event,
+    /// Shards still serving connections; forwarded work is served until it reaches zero.
+    draining: AtomicUsize,
 }
 
 impl Shutdown {
@@ -82,13 +104,18 @@ impl Shutdown {
             l.await;
         }
     }
+
+    fn trigger(&self) {
+        self.flag.store(true, Ordering::Release);
+        self.event.notify(usize::MAX);
+    }
 }
 
 /// What every shard shares.
 pub(crate) struct Shared {
     pub config: Arc<BrokerConfig>,
     pub catalog: Arc<Catalog>,
-    pub peers: Arc<Vec<flume::Sender<ShardOp>>>,
+    pub budget: Arc<MemoryBudget>,
     pub stats: Vec<Arc<Stats>>,
     pub shard_addrs: OnceLock<Vec<SocketAddr>>,
     pub shutdown: Shutdown,
@@ -103,7 +130,9 @@ pub struct Broker {
     /// Every shard's own listener, by shard number.
     pub shard_addrs: Vec<SocketAddr>,
     shared: Arc<Shared>,
-    handles: Vec<glommio::ExecutorJoinHandle<()>>,
+    handles: Vec<ExecutorHandle>,
+    // Dropped after the shards: their logs flush through it until they close.
+    _pool: Arc<FlushPool>,
     _lock: std::fs::File,
 }
 
@@ -135,6 +164,19 @@ fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, ServerError> {
     Ok(file)
 }
 
+/// Raises the soft open-file limit to the hard one: every connection and every open segment is a
+/// file descriptor (tuning.md, "Limits of the process").
+fn raise_open_file_limit() {
+    // SAFETY: plain syscalls on a local struct.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
 /// What a shard reports once it is serving.
 struct Ready {
     shard: u16,
@@ -143,63 +185,94 @@ struct Ready {
     metrics: Option<SocketAddr>,
 }
 
+type ReadySender = std::sync::mpsc::Sender<Result<Ready, (u16, String)>>;
+
 impl Broker {
-    /// Starts the broker and returns once every shard serves.
+    /// Starts the broker on real files and returns once every shard serves.
     pub fn start(config: BrokerConfig) -> Result<Broker, ServerError> {
-        config.validate().map_err(|e| ServerError::Shard {
-            shard: 0,
-            message: e.to_string(),
-        })?;
+        let io = MmapIo {
+            write_path: config.segment_write,
+        };
+        Self::start_with_io(config, io)
+    }
+
+    /// Starts the broker with its partition logs on `io` (tests run a whole broker on the
+    /// simulated disk, [`crate::storage::SimIo`], and cut its power). The catalog and the lock
+    /// file stay on the real data directory.
+    pub fn start_with_io<I: Io>(config: BrokerConfig, io: I) -> Result<Broker, ServerError> {
+        config.validate()?;
+        raise_open_file_limit();
         let lock = lock_data_dir(&config.data_dir)?;
-        let catalog = Arc::new(Catalog::load(&config.data_dir)?);
+        let limits = CatalogLimits {
+            topic_partitions_max: config.topic_partitions_max,
+            partitions_max: config.partitions_max,
+        };
+        let catalog = Arc::new(Catalog::load(&config.data_dir, limits)?);
+        let pool =
+            Arc::new(
+                FlushPool::new(config.flush_threads).map_err(|e| ServerError::DataDir {
+                    dir: config.data_dir.clone(),
+                    source: e,
+                })?,
+            );
         let config = Arc::new(config);
         let n = config.shards;
-        let mut senders = Vec::with_capacity(n as usize);
-        let mut receivers = Vec::with_capacity(n as usize);
-        for _ in 0..n {
-            let (tx, rx) = flume::bounded(config.shard_queue_max);
-            senders.push(tx);
-            receivers.push(rx);
-        }
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..n)
+            .map(|_| flume::bounded::<Job<I>>(config.shard_queue_max))
+            .unzip();
+        let peers = Arc::new(senders);
         let shared = Arc::new(Shared {
             config: config.clone(),
             catalog,
-            peers: Arc::new(senders),
+            budget: MemoryBudget::new(config.memory_bytes_max),
             stats: (0..n).map(|_| Arc::new(Stats::default())).collect(),
             shard_addrs: OnceLock::new(),
             shutdown: Shutdown {
                 flag: AtomicBool::new(false),
                 event: Event::new(),
+                draining: AtomicUsize::new(n as usize),
             },
         });
         let cpus = std::thread::available_parallelism().map_or(1, |c| c.get());
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<Ready, (u16, String)>>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let mut handles = Vec::new();
         for (id, inbox) in receivers.into_iter().enumerate() {
             let id = id as u16;
-            let placement = if config.pin_cpus {
-                Placement::Fixed(id as usize % cpus)
-            } else {
-                Placement::Unbound
+            let spec = ExecutorSpec {
+                name: format!("levee-shard-{id}"),
+                cpu: config.pin_cpus.then_some(id as usize % cpus),
+                io_memory_bytes: config.io_memory_bytes,
+                spin_before_park: Duration::from_micros(config.spin_before_park_us),
             };
-            let mut builder = LocalExecutorBuilder::new(placement)
-                .name(&format!("levee-shard-{id}"))
-                .io_memory(config.io_memory_bytes);
-            if config.spin_before_park_us > 0 {
-                builder =
-                    builder.spin_before_park(Duration::from_micros(config.spin_before_park_us));
+            let (on_shard, ready, peers, io, pool) = (
+                shared.clone(),
+                ready_tx.clone(),
+                peers.clone(),
+                io.clone(),
+                pool.clone(),
+            );
+            let started = runtime::start_executor(spec, move || async move {
+                let shard = Rc::new(Shard::new(
+                    id,
+                    on_shard.config.clone(),
+                    on_shard.catalog.clone(),
+                    peers,
+                    on_shard.stats[id as usize].clone(),
+                    io,
+                    pool,
+                ));
+                run_shard(shard, on_shard, inbox, ready).await;
+            });
+            match started {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    stop(&shared, handles);
+                    return Err(ServerError::Shard {
+                        shard: id,
+                        message: e.to_string(),
+                    });
+                }
             }
-            let shared = shared.clone();
-            let ready = ready_tx.clone();
-            let handle = builder
-                .spawn(move || async move {
-                    run_shard(id, shared, inbox, ready).await;
-                })
-                .map_err(|e| ServerError::Shard {
-                    shard: id,
-                    message: e.to_string(),
-                })?;
-            handles.push(handle);
         }
         drop(ready_tx);
         let mut addrs = vec![None; n as usize];
@@ -233,12 +306,16 @@ impl Broker {
                 shard_addrs,
                 shared,
                 handles,
+                _pool: pool,
                 _lock: lock,
             }),
-            _ => Err(ServerError::Shard {
-                shard: 0,
-                message: "bootstrap listener missing".into(),
-            }),
+            _ => {
+                stop(&shared, handles);
+                Err(ServerError::Shard {
+                    shard: 0,
+                    message: "bootstrap listener missing".into(),
+                })
+            }
         }
     }
 
@@ -247,10 +324,14 @@ impl Broker {
         &self.shared.config
     }
 
+    /// Bytes of the memory budget in use now.
+    pub fn memory_used(&self) -> usize {
+        self.shared.budget.used()
+    }
+
     /// Requests a graceful shutdown; [`Broker::join`] waits for it.
     pub fn shutdown(&self) {
-        self.shared.shutdown.flag.store(true, Ordering::Release);
-        self.shared.shutdown.event.notify(usize::MAX);
+        self.shared.shutdown.trigger();
     }
 
     /// Waits until every shard has stopped (after [`Broker::shutdown`]).
@@ -261,95 +342,70 @@ impl Broker {
     }
 }
 
-fn stop(shared: &Shared, handles: Vec<glommio::ExecutorJoinHandle<()>>) {
-    shared.shutdown.flag.store(true, Ordering::Release);
-    shared.shutdown.event.notify(usize::MAX);
+fn stop(shared: &Shared, handles: Vec<ExecutorHandle>) {
+    shared.shutdown.trigger();
     for h in handles {
         let _ = h.join();
     }
 }
 
-fn bind(addr: SocketAddr) -> Result<glommio::net::TcpListener, String> {
-    glommio::net::TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))
+/// Fails the broker stop when a shard's thread ends other than by shutdown: dropped while the
+/// thread unwinds from a panic that escaped every task, or when the shard's main task returns
+/// early.
+struct FailStop {
+    shard: u16,
+    shared: Arc<Shared>,
 }
 
-async fn run_shard(
-    id: u16,
-    shared: Arc<Shared>,
-    inbox: flume::Receiver<ShardOp>,
-    ready: std::sync::mpsc::Sender<Result<Ready, (u16, String)>>,
-) {
-    let config = shared.config.clone();
-    let shard = std::rc::Rc::new(Shard::new(
-        id,
-        config.clone(),
-        shared.catalog.clone(),
-        shared.peers.clone(),
-        shared.stats[id as usize].clone(),
-    ));
-    if let Err(e) = shard.open_owned() {
-        let _ = ready.send(Err((id, e.to_string())));
-        return;
+impl Drop for FailStop {
+    fn drop(&mut self) {
+        if std::thread::panicking() || !self.shared.shutdown.is_set() {
+            fatal(&format!(
+                "shard {} stopped unexpectedly; the broker stops rather than run half-alive",
+                self.shard
+            ));
+        }
     }
+}
+
+/// Prints one error line and exits with status 1.
+fn fatal(message: &str) -> ! {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "error: {message}");
+    std::process::exit(1)
+}
+
+async fn run_shard<I: Io>(
+    shard: Rc<Shard<I>>,
+    shared: Arc<Shared>,
+    inbox: flume::Receiver<Job<I>>,
+    ready: ReadySender,
+) {
+    let id = shard.id;
+    let guard = FailStop {
+        shard: id,
+        shared: shared.clone(),
+    };
     // Forwarded work must be served before listeners open: another shard may already forward.
     let inbox_task = {
         let shard = shard.clone();
-        glommio::spawn_local(async move {
-            while let Ok(op) = inbox.recv_async().await {
-                glommio::spawn_local(shard.clone().handle_op(op)).detach();
+        runtime::spawn(async move {
+            while let Ok(job) = inbox.recv_async().await {
+                shard.run_job(job);
             }
         })
     };
-    let mut shard_addr = config.listen;
-    shard_addr.set_port(0);
-    let listeners = (|| -> Result<_, String> {
-        let own = bind(shard_addr)?;
-        let (bootstrap, metrics) = if id == 0 {
-            (
-                Some(bind(config.listen)?),
-                Some(bind(config.metrics_listen)?),
-            )
-        } else {
-            (None, None)
-        };
-        Ok((own, bootstrap, metrics))
-    })();
-    let (own, bootstrap, metrics) = match listeners {
-        Ok(l) => l,
-        Err(e) => {
-            let _ = ready.send(Err((id, e)));
-            return;
-        }
+    let Some((report, mut tasks)) = listen(&shard, &shared, &ready) else {
+        // Reported through `ready`; the broker stops the others.
+        std::mem::forget(guard);
+        return;
     };
-    let local = |l: &glommio::net::TcpListener| l.local_addr().ok();
-    let report = Ready {
-        shard: id,
-        addr: local(&own).unwrap_or(shard_addr),
-        bootstrap: bootstrap.as_ref().and_then(local),
-        metrics: metrics.as_ref().and_then(local),
-    };
-    let mut tasks = vec![inbox_task];
-    tasks.push(glommio::spawn_local(connection::accept_loop(
-        own,
-        shard.clone(),
-        shared.clone(),
-    )));
-    if let Some(b) = bootstrap {
-        tasks.push(glommio::spawn_local(connection::accept_loop(
-            b,
-            shard.clone(),
-            shared.clone(),
-        )));
-    }
-    if let Some(m) = metrics {
-        tasks.push(glommio::spawn_local(metrics::serve(m, shared.clone())));
-    }
     {
         let shard = shard.clone();
-        let every = Duration::from_millis(config.retention_check_ms);
-        tasks.push(glommio::spawn_local(async move {
+        let every = Duration::from_millis(shared.config.retention_check_ms);
+        tasks.push(runtime::spawn(async move {
             loop {
-                glommio::timer::sleep(every).await;
+                runtime::sleep(every).await;
                 shard.housekeeping();
             }
         }));
@@ -358,17 +414,78 @@ async fn run_shard(
     drop(ready);
 
     shared.shutdown.wait().await;
-    // Stop accepting; connections notice the shutdown, finish what they started and close.
-    let inbox_task = tasks.remove(0);
+    // Stop accepting; answer long polls now; connections finish what they started and close.
     drop(tasks);
+    shard.stop();
     let stats = shared.stats[id as usize].clone();
-    let grace = std::time::Instant::now() + Duration::from_secs(10);
-    while stats.connections.load(Ordering::Acquire) > 0 && std::time::Instant::now() < grace {
-        glommio::timer::sleep(Duration::from_millis(10)).await;
+    let grace = Instant::now() + SHUTDOWN_GRACE;
+    while stats.connections.load(Ordering::Acquire) > 0 && Instant::now() < grace {
+        runtime::sleep(Duration::from_millis(5)).await;
     }
-    // Keep serving forwarded work a moment longer: other shards may be finishing requests.
-    glommio::timer::sleep(Duration::from_millis(50)).await;
+    // Keep serving forwarded work until every shard has drained its connections.
+    shared.shutdown.draining.fetch_sub(1, Ordering::AcqRel);
+    while shared.shutdown.draining.load(Ordering::Acquire) > 0 && Instant::now() < grace {
+        runtime::sleep(Duration::from_millis(5)).await;
+    }
     drop(inbox_task);
     shard.close_all();
+    drop(guard);
     tracing::info!(shard = id, "shard stopped");
+}
+
+/// Binds this shard's listeners and starts accepting; `None` after reporting a failure.
+fn listen<I: Io>(
+    shard: &Rc<Shard<I>>,
+    shared: &Arc<Shared>,
+    ready: &ReadySender,
+) -> Option<(Ready, Vec<runtime::Task<()>>)> {
+    let config = &shared.config;
+    let mut own_addr = config.listen;
+    own_addr.set_port(0);
+    let bind = |addr| runtime::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"));
+    let bound = (|| -> Result<_, String> {
+        let own = bind(own_addr)?;
+        if shard.id != 0 {
+            return Ok((own, None, None));
+        }
+        Ok((
+            own,
+            Some(bind(config.listen)?),
+            Some(bind(config.metrics_listen)?),
+        ))
+    })();
+    let (own, bootstrap, metrics) = match bound {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = ready.send(Err((shard.id, e)));
+            return None;
+        }
+    };
+    let local = |l: &runtime::TcpListener| l.local_addr().ok();
+    let report = Ready {
+        shard: shard.id,
+        addr: local(&own).unwrap_or(own_addr),
+        bootstrap: bootstrap.as_ref().and_then(local),
+        metrics: metrics.as_ref().and_then(local),
+    };
+    let mut tasks = vec![runtime::spawn(connection::accept_loop(
+        own,
+        shard.clone(),
+        shared.clone(),
+    ))];
+    if let Some(b) = bootstrap {
+        tasks.push(runtime::spawn(connection::accept_loop(
+            b,
+            shard.clone(),
+            shared.clone(),
+        )));
+    }
+    if let Some(m) = metrics {
+        tasks.push(runtime::spawn(metrics::serve(
+            m,
+            shard.clone(),
+            shared.clone(),
+        )));
+    }
+    Some((report, tasks))
 }

@@ -1,31 +1,34 @@
-//! Shards: one glommio executor per core, each the sole owner of a set of partitions.
+//! Shards: one executor per core, each the sole owner of a set of partitions.
 //!
 //! Which shard owns a partition is [`owner`], a pure function of the topic name, the partition
 //! number and the shard count. Only the owner touches a partition's log: there are no locks or
-//! atomics on the data path. A request that reaches another shard (through the bootstrap listener,
-//! or a client with stale metadata) is forwarded to the owner as a [`ShardOp`] over a bounded
-//! channel, and the answer comes back the same way; a full channel makes the sender wait, which is
-//! backpressure, never unbounded memory.
+//! atomics on the data path. Work for a partition owned elsewhere is run on its owner through one
+//! generic hop, [`Shard::on_owner`] (see [`forward`]); the typed operations themselves
+//! ([`ops`]) are written once and do not know whether they were called locally or forwarded.
 //!
-//! This module owns partitions and the cross-shard hop. It must not know about sockets or frames:
-//! the server decodes requests and calls the operations here.
+//! The shard speaks domain types and [`ShardError`], never wire types or error codes: the server
+//! translates. Partitions are opened lazily, on first use, and the catalog is read through a
+//! snapshot cached per shard and refreshed when the catalog's version moves.
+//!
+//! This module owns partitions and the cross-shard hop. It must not know about sockets, frames or
+//! the runtime beyond what [`crate::runtime`] offers.
 
-use std::cell::RefCell;
+pub mod forward;
+pub mod ops;
+
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use event_listener::Event;
-use futures_lite::future;
 
-use crate::catalog::Catalog;
-use crate::config::{BrokerConfig, FsyncPolicy};
-use crate::protocol::{
-    Acks, ErrorCode, ListOffsetsResult, OffsetSpec, PartitionDescription, ProduceResult,
-};
-use crate::record::RecordError;
-use crate::storage::{Log, MmapIo, MmapSegment, Slice, StorageError};
+use crate::catalog::{Catalog, TopicMeta, Topics};
+use crate::config::BrokerConfig;
+use crate::storage::{FlushError, FlushPool, Io, Log, StorageError};
+
+pub use forward::Job;
+pub use ops::{AckLevel, Appending, OffsetQuery, PartitionInfo, ReadOutcome};
 
 /// A shard number.
 pub type ShardId = u16;
@@ -57,92 +60,55 @@ pub fn fnv1a32(bytes: &[u8]) -> u32 {
     h
 }
 
-/// One partition owned by this shard.
-pub(crate) struct Partition {
-    /// The topic's id when the log was opened: a topic deleted and re-created gets a new one.
-    pub topic_id: u64,
-    pub log: RefCell<Log<MmapIo>>,
-    /// Notified on every append: long-polling fetches wait on it, no timer polling.
-    pub appended: Event,
-}
-
-/// Outcome of a read, local or forwarded. The slice keeps its segment mapped while it travels.
-pub(crate) struct ReadOutcome {
-    pub error: ErrorCode,
-    pub message: String,
-    pub earliest: u64,
-    pub next: u64,
-    pub slice: Option<Slice<MmapSegment>>,
-}
-
-/// A batch appended to a local log whose acknowledgement may still wait for a flush.
-pub(crate) struct Appending {
-    pub result: ProduceResult,
-    pub message: String,
-    pub durable: Option<crate::storage::DurableWait>,
-}
-
-impl Appending {
-    /// Waits for the flush the acknowledgement needs, at most `timeout_ms`.
-    pub async fn complete(mut self, timeout_ms: u32) -> (ProduceResult, String) {
-        let Some(wait) = self.durable.take() else {
-            return (self.result, self.message);
-        };
-        let timeout = Duration::from_millis(timeout_ms.max(1) as u64);
-        let outcome = future::or(async { Some(wait.await) }, async {
-            glommio::timer::sleep(timeout).await;
-            None
-        })
-        .await;
-        match outcome {
-            Some(Ok(())) => {}
-            Some(Err(e)) => {
-                self.result.error = ErrorCode::StorageFailed;
-                self.message = e.to_string();
-            }
-            None => {
-                self.result.error = ErrorCode::Timeout;
-                self.message = format!("no flush covered the batch within {timeout_ms} ms");
-            }
-        }
-        (self.result, self.message)
-    }
-}
-
-/// Work forwarded to the shard that owns a partition.
-pub(crate) enum ShardOp {
-    Produce {
+/// Why a shard operation failed. The server maps each to a wire error code.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ShardError {
+    /// No such topic.
+    #[error("unknown topic '{topic}'")]
+    UnknownTopic {
+        /// The topic asked for.
         topic: String,
+    },
+    /// The topic has fewer partitions.
+    #[error("topic '{topic}' has {partitions} partitions, no partition {partition}")]
+    UnknownPartition {
+        /// The topic.
+        topic: String,
+        /// The partition asked for.
         partition: u32,
-        run: rkyv::util::AlignedVec<16>,
-        acks: Acks,
+        /// How many it has.
+        partitions: u32,
+    },
+    /// The storage engine refused or failed.
+    #[error("{topic}/{partition}: {source}")]
+    Storage {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: u32,
+        /// What the log said.
+        #[source]
+        source: Arc<StorageError>,
+    },
+    /// The flush an acknowledgement waits for failed: the log is read-only (fail-stop).
+    #[error("flush failed, the partition is read-only: {0}")]
+    Flush(FlushError),
+    /// No flush covered the records in time; they were appended.
+    #[error("no flush covered the batch within {timeout_ms} ms")]
+    DurableTimeout {
+        /// The limit.
         timeout_ms: u32,
-        reply: flume::Sender<(ProduceResult, String)>,
     },
-    Read {
-        topic: String,
-        partition: u32,
-        offset: u64,
-        max_bytes: usize,
-        reply: flume::Sender<ReadOutcome>,
-    },
-    WaitData {
-        topic: String,
-        partition: u32,
-        offset: u64,
-        deadline: Instant,
-        reply: flume::Sender<()>,
-    },
-    ListOffset {
-        topic: String,
-        partition: u32,
-        spec: OffsetSpec,
-        reply: flume::Sender<ListOffsetsResult>,
-    },
-    Describe {
-        topic: String,
-        partition: u32,
-        reply: flume::Sender<Result<PartitionDescription, (ErrorCode, String)>>,
+    /// The broker is stopping, or the owner shard is gone.
+    #[error("the broker is shutting down")]
+    ShuttingDown,
+    /// An operation panicked (a bug): it was abandoned, the shard goes on.
+    #[error("internal error on shard {shard}: {message}")]
+    Internal {
+        /// Where.
+        shard: ShardId,
+        /// The panic message.
+        message: String,
     },
 }
 
@@ -157,57 +123,75 @@ pub struct Stats {
     pub bytes_out: std::sync::atomic::AtomicU64,
     /// Requests handled.
     pub requests: std::sync::atomic::AtomicU64,
-    /// Requests forwarded to another shard.
+    /// Operations run on another shard.
     pub forwarded: std::sync::atomic::AtomicU64,
     /// Open client connections.
     pub connections: std::sync::atomic::AtomicUsize,
+    /// Partitions whose log is open.
+    pub partitions_open: std::sync::atomic::AtomicUsize,
+    /// Operations or requests that panicked and were answered `Internal`.
+    pub panics: std::sync::atomic::AtomicU64,
 }
+
+/// One partition owned by this shard.
+pub struct Partition<I: Io> {
+    /// The topic's metadata when the log was opened: a topic deleted and re-created gets a new
+    /// id, and an altered retention is noticed by comparing.
+    meta: Arc<TopicMeta>,
+    /// The log.
+    pub log: RefCell<Log<I>>,
+    /// Notified on every append: long-polling fetches wait on it, no timer polling.
+    pub appended: Event,
+}
+
+/// A topic's open partitions on this shard, by partition number.
+type Slots<I> = Vec<Option<Rc<Partition<I>>>>;
 
 /// A shard's state, shared by its tasks (single-threaded: `Rc`, `RefCell`).
-pub(crate) struct Shard {
+pub struct Shard<I: Io> {
+    /// This shard's number.
     pub id: ShardId,
+    /// How many shards the broker runs.
     pub shards: u16,
+    /// The broker's configuration.
     pub config: Arc<BrokerConfig>,
+    /// The topic catalog.
     pub catalog: Arc<Catalog>,
-    pub peers: Arc<Vec<flume::Sender<ShardOp>>>,
+    /// This shard's counters.
     pub stats: Arc<Stats>,
-    partitions: RefCell<HashMap<(String, u32), Rc<Partition>>>,
+    peers: Arc<Vec<flume::Sender<Job<I>>>>,
+    io: I,
+    pool: Arc<FlushPool>,
+    topics: RefCell<Arc<Topics>>,
+    partitions: RefCell<HashMap<String, Slots<I>>>,
+    stopping: Cell<bool>,
+    stop_event: Event,
 }
 
-fn storage_code(e: &StorageError) -> ErrorCode {
-    match e {
-        StorageError::InvalidRecord {
-            source: RecordError::BadLength { len, limit, .. },
-            ..
-        } if len > limit => ErrorCode::RecordTooLarge,
-        StorageError::InvalidRecord { .. } => ErrorCode::CorruptRecord,
-        StorageError::NoSpace { .. } => ErrorCode::StorageFull,
-        StorageError::OffsetsExhausted { .. } => ErrorCode::StorageFailed,
-        StorageError::Failed { .. } => ErrorCode::StorageFailed,
-        StorageError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
-        StorageError::Corrupt { .. } => ErrorCode::CorruptRecord,
-        StorageError::Io { .. }
-        | StorageError::ReadersActive { .. }
-        | StorageError::Config { .. } => ErrorCode::Internal,
-    }
-}
-
-impl Shard {
+impl<I: Io> Shard<I> {
+    /// A shard with no partition open yet.
     pub fn new(
         id: ShardId,
         config: Arc<BrokerConfig>,
         catalog: Arc<Catalog>,
-        peers: Arc<Vec<flume::Sender<ShardOp>>>,
+        peers: Arc<Vec<flume::Sender<Job<I>>>>,
         stats: Arc<Stats>,
-    ) -> Shard {
+        io: I,
+        pool: Arc<FlushPool>,
+    ) -> Shard<I> {
         Shard {
             id,
             shards: config.shards,
+            topics: RefCell::new(catalog.snapshot()),
             config,
             catalog,
-            peers,
             stats,
+            peers,
+            io,
+            pool,
             partitions: RefCell::new(HashMap::new()),
+            stopping: Cell::new(false),
+            stop_event: Event::new(),
         }
     }
 
@@ -216,496 +200,187 @@ impl Shard {
         owner(topic, partition, self.shards)
     }
 
-    /// Opens every partition this shard owns (recovery runs here, at boot).
-    pub fn open_owned(&self) -> Result<(), StorageError> {
-        for meta in self.catalog.list() {
-            for p in 0..meta.partitions {
-                if self.owner(&meta.name, p) == self.id {
-                    if let Err((code, msg)) = self.partition(&meta.name, p) {
-                        tracing::error!(topic = %meta.name, partition = p, ?code, %msg, "partition not opened");
-                    }
-                }
-            }
+    /// The catalog as this shard sees it: a snapshot refreshed when the catalog changed.
+    pub fn topics(&self) -> Arc<Topics> {
+        let version = self.catalog.version();
+        let mut cached = self.topics.borrow_mut();
+        if cached.version() != version {
+            *cached = self.catalog.snapshot();
         }
-        Ok(())
+        cached.clone()
     }
 
-    /// The local partition, opened on first use. Errors are wire codes with a message.
-    pub fn partition(
-        &self,
-        topic: &str,
-        partition: u32,
-    ) -> Result<Rc<Partition>, (ErrorCode, String)> {
-        let meta = self
-            .catalog
-            .get(topic)
-            .ok_or_else(|| (ErrorCode::UnknownTopic, format!("unknown topic '{topic}'")))?;
+    /// Tells long polls on this shard to answer now: the broker is stopping.
+    pub fn stop(&self) {
+        self.stopping.set(true);
+        self.stop_event.notify(usize::MAX);
+    }
+
+    /// True once [`Shard::stop`] was called.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.get()
+    }
+
+    /// Resolves once the shard is stopping.
+    pub async fn stopped(&self) {
+        loop {
+            let l = self.stop_event.listen();
+            if self.stopping.get() {
+                return;
+            }
+            l.await;
+        }
+    }
+
+    /// The topic's metadata, if the partition exists in the catalog.
+    fn meta(&self, topic: &str, partition: u32) -> Result<Arc<TopicMeta>, ShardError> {
+        let topics = self.topics();
+        let meta = topics.get(topic).ok_or_else(|| ShardError::UnknownTopic {
+            topic: topic.to_string(),
+        })?;
         if partition >= meta.partitions {
-            return Err((
-                ErrorCode::UnknownPartition,
-                format!(
-                    "topic '{topic}' has {} partitions, no partition {partition}",
-                    meta.partitions
-                ),
-            ));
+            return Err(ShardError::UnknownPartition {
+                topic: topic.to_string(),
+                partition,
+                partitions: meta.partitions,
+            });
         }
         assert_eq!(
             self.owner(topic, partition),
             self.id,
             "partition used off its owner shard"
         );
-        let key = (topic.to_string(), partition);
-        if let Some(p) = self.partitions.borrow().get(&key) {
-            if p.topic_id == meta.id {
-                return Ok(p.clone());
-            }
+        Ok(meta.clone())
+    }
+
+    fn open_already(&self, meta: &TopicMeta, partition: u32) -> Option<Rc<Partition<I>>> {
+        self.partitions
+            .borrow()
+            .get(&meta.name)
+            .and_then(|v| v.get(partition as usize))
+            .and_then(Option::as_ref)
+            .filter(|p| p.meta.id == meta.id)
+            .cloned()
+    }
+
+    /// The local partition if it holds anything: open already, or with a directory on disk
+    /// (then opened). `None` for a partition never written to, which is not created by asking.
+    pub fn existing(
+        &self,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Option<Rc<Partition<I>>>, ShardError> {
+        let meta = self.meta(topic, partition)?;
+        if let Some(p) = self.open_already(&meta, partition) {
+            return Ok(Some(p));
         }
+        // Through the I/O seam, so that a simulated disk answers too.
         let dir = self.catalog.partition_dir(&meta, partition);
-        let (log, report) = Log::open(
-            MmapIo {
-                write_path: self.config.segment_write,
-            },
-            &dir,
-            self.config
-                .log_config(meta.retention_bytes, meta.retention_ms),
-        )
-        .map_err(|e| {
-            (
-                storage_code(&e),
-                format!("cannot open {topic}/{partition}: {e}"),
-            )
-        })?;
-        if report.truncation.is_some() || !report.segments_removed.is_empty() {
-            tracing::warn!(topic, partition, ?report, "partition recovered with a cut");
-        } else {
-            tracing::debug!(
-                topic,
-                partition,
-                next = report.next_offset,
-                "partition opened"
-            );
+        if !self.io.list(&dir).is_ok_and(|names| !names.is_empty()) {
+            return Ok(None);
         }
-        let p = Rc::new(Partition {
-            topic_id: meta.id,
-            log: RefCell::new(log),
-            appended: Event::new(),
-        });
-        self.partitions.borrow_mut().insert(key, p.clone());
+        self.partition(topic, partition).map(Some)
+    }
+
+    /// The local partition, opened (recovered) on first use.
+    pub fn partition(&self, topic: &str, partition: u32) -> Result<Rc<Partition<I>>, ShardError> {
+        let meta = self.meta(topic, partition)?;
+        if let Some(p) = self.open_already(&meta, partition) {
+            return Ok(p);
+        }
+        let p = Rc::new(self.open(&meta, partition)?);
+        let mut parts = self.partitions.borrow_mut();
+        let slots = parts.entry(topic.to_string()).or_default();
+        if slots.len() <= partition as usize {
+            slots.resize(partition as usize + 1, None);
+        }
+        if slots[partition as usize].replace(p.clone()).is_none() {
+            self.stats
+                .partitions_open
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         Ok(p)
     }
 
-    /// Appends a batch to a local partition, synchronously: nothing awaits between request
-    /// decoding and the append, so pipelined requests append in the order they arrived. What the
-    /// acknowledgement still waits for (a flush) is returned in [`Appending`].
-    pub fn append_local(
-        &self,
-        topic: &str,
-        partition: u32,
-        run: &mut [u8],
-        acks: Acks,
-    ) -> Appending {
-        let mut result = ProduceResult {
-            topic: topic.to_string(),
-            partition,
-            error: ErrorCode::None,
-            base_offset: 0,
-            timestamp_ms: 0,
-        };
-        let fail = |mut result: ProduceResult, code, message| {
-            result.error = code;
-            Appending {
-                result,
-                message,
-                durable: None,
-            }
-        };
-        let part = match self.partition(topic, partition) {
-            Ok(p) => p,
-            Err((code, msg)) => return fail(result, code, msg),
-        };
-        let appended = {
-            let mut log = part.log.borrow_mut();
-            let segments = log.segment_count();
-            let appended = log.append(run);
-            if log.segment_count() > segments {
-                // Retention also runs at every roll, not only on the `retention_check_ms` tick: a
-                // log under sustained load then retires its oldest segment as it starts a new
-                // one, and the retired file (its pages still resident) becomes the segment after
-                // next. Between ticks, every roll would otherwise take fresh pages, which cost a
-                // page fault each (about 2 µs a page on a VM: see tuning.md).
-                if let Err(e) = log.enforce_retention() {
-                    tracing::warn!(topic = %topic, partition, error = %e, "retention failed");
+    fn open(&self, meta: &Arc<TopicMeta>, partition: u32) -> Result<Partition<I>, ShardError> {
+        let dir = self.catalog.partition_dir(meta, partition);
+        let config = self
+            .config
+            .log_config(meta.retention_bytes, meta.retention_ms);
+        let (log, report) =
+            Log::open_in(&self.pool, self.io.clone(), &dir, config).map_err(|e| {
+                ShardError::Storage {
+                    topic: meta.name.clone(),
+                    partition,
+                    source: Arc::new(e),
                 }
-            }
-            appended
-        };
-        let a = match appended {
-            Ok(a) => a,
-            Err(e) => return fail(result, storage_code(&e), e.to_string()),
-        };
-        use std::sync::atomic::Ordering::Relaxed;
-        self.stats.records_in.fetch_add(a.count(), Relaxed);
-        self.stats.bytes_in.fetch_add(run.len() as u64, Relaxed);
-        part.appended.notify(usize::MAX);
-        result.base_offset = a.base_offset;
-        result.timestamp_ms = a.timestamp_ms;
-        // `--fsync always` makes every acknowledgement durable; `acks=durable` asks for it anyway.
-        let durable = (acks == Acks::Durable || self.config.fsync == FsyncPolicy::Always)
-            .then(|| part.log.borrow().wait_durable(a.next_offset));
-        Appending {
-            result,
-            message: String::new(),
-            durable,
+            })?;
+        if report.truncation.is_some() || !report.segments_removed.is_empty() {
+            tracing::warn!(topic = %meta.name, partition, ?report, "partition recovered with a cut");
+        } else {
+            tracing::debug!(topic = %meta.name, partition, next = report.next_offset, "partition opened");
         }
-    }
-
-    /// Sends a batch to the partition's owner shard; the answer arrives on the returned channel.
-    /// Sends from one shard to another are delivered in order, so ordering per partition holds.
-    pub async fn append_remote(
-        &self,
-        owner: ShardId,
-        topic: &str,
-        partition: u32,
-        run: &[u8],
-        acks: Acks,
-        timeout_ms: u32,
-    ) -> flume::Receiver<(ProduceResult, String)> {
-        let mut copy = rkyv::util::AlignedVec::<16>::with_capacity(run.len());
-        copy.extend_from_slice(run);
-        let (reply, answer) = flume::bounded(1);
-        self.forward(
-            owner,
-            ShardOp::Produce {
-                topic: topic.to_string(),
-                partition,
-                run: copy,
-                acks,
-                timeout_ms,
-                reply,
-            },
-        )
-        .await;
-        answer
-    }
-
-    async fn forward(&self, owner: ShardId, op: ShardOp) {
-        self.stats
-            .forwarded
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        // A bounded inbox: when the owner is behind, this waits, and so does the client.
-        let _ = self.peers[owner as usize].send_async(op).await;
-    }
-
-    /// Reads whole records from a local partition.
-    pub fn read_local(
-        &self,
-        topic: &str,
-        partition: u32,
-        offset: u64,
-        max_bytes: usize,
-    ) -> ReadOutcome {
-        let mut out = ReadOutcome {
-            error: ErrorCode::None,
-            message: String::new(),
-            earliest: 0,
-            next: 0,
-            slice: None,
-        };
-        let part = match self.partition(topic, partition) {
-            Ok(p) => p,
-            Err((code, msg)) => {
-                out.error = code;
-                out.message = msg;
-                return out;
-            }
-        };
-        let log = part.log.borrow();
-        out.earliest = log.earliest_offset();
-        out.next = log.next_offset();
-        match log.read(offset, max_bytes) {
-            Ok(s) => {
-                self.stats
-                    .bytes_out
-                    .fetch_add(s.bytes().len() as u64, std::sync::atomic::Ordering::Relaxed);
-                out.slice = Some(s);
-            }
-            Err(e) => {
-                out.error = storage_code(&e);
-                out.message = e.to_string();
-            }
-        }
-        out
-    }
-
-    /// Reads from any partition, forwarding to its owner if needed.
-    pub async fn read(
-        &self,
-        topic: &str,
-        partition: u32,
-        offset: u64,
-        max_bytes: usize,
-    ) -> ReadOutcome {
-        let owner = self.owner(topic, partition);
-        if owner == self.id {
-            return self.read_local(topic, partition, offset, max_bytes);
-        }
-        let (reply, answer) = flume::bounded(1);
-        self.forward(
-            owner,
-            ShardOp::Read {
-                topic: topic.to_string(),
-                partition,
-                offset,
-                max_bytes,
-                reply,
-            },
-        )
-        .await;
-        answer.recv_async().await.unwrap_or_else(|_| ReadOutcome {
-            error: ErrorCode::ShuttingDown,
-            message: "owner shard stopped".into(),
-            earliest: 0,
-            next: 0,
-            slice: None,
+        Ok(Partition {
+            meta: meta.clone(),
+            log: RefCell::new(log),
+            appended: Event::new(),
         })
     }
 
-    /// Waits until a local partition has a record at `offset` or later, or until `deadline`.
-    /// Woken by the append itself: no polling.
-    pub async fn wait_local(&self, topic: &str, partition: u32, offset: u64, deadline: Instant) {
-        let Ok(part) = self.partition(topic, partition) else {
-            return;
-        };
-        loop {
-            let listener = part.appended.listen();
-            if part.log.borrow().next_offset() > offset {
-                return;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return;
-            }
-            future::or(listener, glommio::timer::sleep(left)).await;
-        }
-    }
-
-    /// Waits for data on any partition, through its owner if needed.
-    pub async fn wait(&self, topic: &str, partition: u32, offset: u64, deadline: Instant) {
-        let owner = self.owner(topic, partition);
-        if owner == self.id {
-            return self.wait_local(topic, partition, offset, deadline).await;
-        }
-        let (reply, answer) = flume::bounded(1);
-        self.forward(
-            owner,
-            ShardOp::WaitData {
-                topic: topic.to_string(),
-                partition,
-                offset,
-                deadline,
-                reply,
-            },
-        )
-        .await;
-        let _ = answer.recv_async().await;
-    }
-
-    /// Looks up an offset in a local partition.
-    pub fn list_offset_local(
-        &self,
-        topic: &str,
-        partition: u32,
-        spec: OffsetSpec,
-    ) -> ListOffsetsResult {
-        let mut out = ListOffsetsResult {
-            topic: topic.to_string(),
-            partition,
-            error: ErrorCode::None,
-            offset: 0,
-        };
-        match self.partition(topic, partition) {
-            Err((code, _)) => out.error = code,
-            Ok(part) => {
-                let log = part.log.borrow();
-                match spec {
-                    OffsetSpec::Earliest => out.offset = log.earliest_offset(),
-                    OffsetSpec::Latest => out.offset = log.next_offset(),
-                    OffsetSpec::Timestamp(t) => match log.offset_at_time(t) {
-                        Ok(o) => out.offset = o,
-                        Err(e) => out.error = storage_code(&e),
-                    },
-                }
-            }
-        }
-        out
-    }
-
-    /// Looks up an offset in any partition.
-    pub async fn list_offset(
-        &self,
-        topic: &str,
-        partition: u32,
-        spec: OffsetSpec,
-    ) -> ListOffsetsResult {
-        let owner = self.owner(topic, partition);
-        if owner == self.id {
-            return self.list_offset_local(topic, partition, spec);
-        }
-        let (reply, answer) = flume::bounded(1);
-        self.forward(
-            owner,
-            ShardOp::ListOffset {
-                topic: topic.to_string(),
-                partition,
-                spec,
-                reply,
-            },
-        )
-        .await;
-        answer.recv_async().await.unwrap_or(ListOffsetsResult {
-            topic: topic.to_string(),
-            partition,
-            error: ErrorCode::ShuttingDown,
-            offset: 0,
-        })
-    }
-
-    /// Offsets and size of a local partition.
-    pub fn describe_local(
-        &self,
-        topic: &str,
-        partition: u32,
-    ) -> Result<PartitionDescription, (ErrorCode, String)> {
-        let part = self.partition(topic, partition)?;
-        let log = part.log.borrow();
-        Ok(PartitionDescription {
-            partition,
-            shard: self.id,
-            earliest: log.earliest_offset(),
-            next: log.next_offset(),
-            durable: log.durable_offset(),
-            size_bytes: log.size_bytes(),
-        })
-    }
-
-    /// Offsets and size of any partition.
-    pub async fn describe(
-        &self,
-        topic: &str,
-        partition: u32,
-    ) -> Result<PartitionDescription, (ErrorCode, String)> {
-        let owner = self.owner(topic, partition);
-        if owner == self.id {
-            return self.describe_local(topic, partition);
-        }
-        let (reply, answer) = flume::bounded(1);
-        self.forward(
-            owner,
-            ShardOp::Describe {
-                topic: topic.to_string(),
-                partition,
-                reply,
-            },
-        )
-        .await;
-        answer
-            .recv_async()
-            .await
-            .unwrap_or(Err((ErrorCode::ShuttingDown, "owner shard stopped".into())))
-    }
-
-    /// Runs one forwarded operation.
-    pub async fn handle_op(self: Rc<Self>, op: ShardOp) {
-        match op {
-            ShardOp::Produce {
-                topic,
-                partition,
-                mut run,
-                acks,
-                timeout_ms,
-                reply,
-            } => {
-                let appending = self.append_local(&topic, partition, &mut run, acks);
-                let _ = reply.send(appending.complete(timeout_ms).await);
-            }
-            ShardOp::Read {
-                topic,
-                partition,
-                offset,
-                max_bytes,
-                reply,
-            } => {
-                let _ = reply.send(self.read_local(&topic, partition, offset, max_bytes));
-            }
-            ShardOp::WaitData {
-                topic,
-                partition,
-                offset,
-                deadline,
-                reply,
-            } => {
-                self.wait_local(&topic, partition, offset, deadline).await;
-                let _ = reply.send(());
-            }
-            ShardOp::ListOffset {
-                topic,
-                partition,
-                spec,
-                reply,
-            } => {
-                let _ = reply.send(self.list_offset_local(&topic, partition, spec));
-            }
-            ShardOp::Describe {
-                topic,
-                partition,
-                reply,
-            } => {
-                let _ = reply.send(self.describe_local(&topic, partition));
-            }
-        }
-    }
-
-    /// Applies retention to every local partition and closes logs of deleted topics.
+    /// Applies retention to every local partition, follows retention changes of altered topics,
+    /// and closes logs of deleted topics.
     pub fn housekeeping(&self) {
+        let topics = self.topics();
         let mut gone = Vec::new();
-        for ((topic, p), part) in self.partitions.borrow().iter() {
-            match self.catalog.get(topic) {
-                Some(meta) if meta.id == part.topic_id && *p < meta.partitions => {
-                    let mut log = part.log.borrow_mut();
-                    if let Err(e) = log.enforce_retention() {
-                        tracing::warn!(topic = %topic, partition = p, error = %e, "retention failed");
+        for (topic, slots) in self.partitions.borrow().iter() {
+            for (p, part) in slots.iter().enumerate() {
+                let Some(part) = part else { continue };
+                match topics.get(topic) {
+                    Some(meta) if meta.id == part.meta.id && (p as u32) < meta.partitions => {
+                        let mut log = part.log.borrow_mut();
+                        log.set_retention(meta.retention_bytes, meta.retention_ms);
+                        if let Err(e) = log.enforce_retention() {
+                            tracing::warn!(topic = %topic, partition = p, error = %e, "retention failed");
+                        }
                     }
+                    _ => gone.push((topic.clone(), p)),
                 }
-                _ => gone.push((topic.clone(), *p)),
             }
         }
         let mut parts = self.partitions.borrow_mut();
-        for key in gone {
-            parts.remove(&key);
+        for (topic, p) in gone {
+            if let Some(slot) = parts.get_mut(&topic).and_then(|v| v.get_mut(p)) {
+                if slot.take().is_some() {
+                    self.stats
+                        .partitions_open
+                        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
         }
+        parts.retain(|_, slots| slots.iter().any(Option::is_some));
     }
 
     /// Flushes and closes every local log (graceful shutdown).
     pub fn close_all(&self) {
+        let topics = self.topics();
         let parts: Vec<_> = self.partitions.borrow_mut().drain().collect();
-        for ((topic, p), part) in parts {
-            if self
-                .catalog
-                .get(&topic)
-                .is_none_or(|m| m.id != part.topic_id)
-            {
-                // Deleted while open: its files are gone, there is nothing to checkpoint.
-                continue;
-            }
-            match Rc::try_unwrap(part) {
-                Ok(part) => {
-                    if let Err(e) = part.log.into_inner().close() {
-                        tracing::error!(topic = %topic, partition = p, error = %e, "close failed");
-                    }
+        for (topic, slots) in parts {
+            for (p, part) in slots.into_iter().enumerate() {
+                let Some(part) = part else { continue };
+                if topics.get(&topic).is_none_or(|m| m.id != part.meta.id) {
+                    // Deleted while open: its files are gone, there is nothing to checkpoint.
+                    continue;
                 }
-                Err(part) => {
-                    if let Err(e) = part.log.borrow().flush() {
-                        tracing::error!(topic = %topic, partition = p, error = %e, "flush failed");
+                match Rc::try_unwrap(part) {
+                    Ok(part) => {
+                        if let Err(e) = part.log.into_inner().close() {
+                            tracing::error!(topic = %topic, partition = p, error = %e, "close failed");
+                        }
+                    }
+                    Err(part) => {
+                        if let Err(e) = part.log.borrow().flush() {
+                            tracing::error!(topic = %topic, partition = p, error = %e, "flush failed");
+                        }
                     }
                 }
             }

@@ -1,29 +1,45 @@
-//! Group commit: one background thread per log makes appended bytes durable.
+//! Group commit: a small pool of storage threads makes the appended bytes of every log durable.
 //!
 //! The shard thread never calls fdatasync. It copies records into the mapping, publishes the new end
-//! (`written`, an atomic), and, when someone needs durability, asks for it. The flusher thread reads
-//! `written`, flushes every mapping that may hold unflushed bytes, and publishes `durable`. Every
-//! append that landed before a flush started is covered by it, so concurrent durable appends share
-//! one flush, and a flush runs while the next batch is being appended: throughput under Sync
-//! approaches the disk's sequential bandwidth instead of one fdatasync per request.
+//! (`written`, an atomic), and, when someone needs durability, asks for it. A pool thread then reads
+//! `written`, flushes every mapping of that log that may hold unflushed bytes, and publishes
+//! `durable`. Every append that landed before a flush started is covered by it, so concurrent
+//! durable appends share one flush, and a flush runs while the next batch is being appended:
+//! throughput under Sync approaches the disk's sequential bandwidth instead of one fdatasync per
+//! request.
 //!
-//! Why a thread and not glommio's io_uring fdatasync: the storage engine stays independent of the
-//! runtime (tests, benches and the fuzzer drive it without an executor), and on this kernel io_uring
-//! runs fdatasync on an io-wq worker thread anyway, so the hand-off costs the same. Waiting is
-//! asynchronous ([`DurableWait`] is a future woken by the flusher) or blocking
+//! ```text
+//!  shard thread                      FlushPool (N threads, shared by every log of the broker)
+//!  append → published(next) ──┐      ready queue ──► flush round of one log: sync dir, fdatasync
+//!  wait_durable → request() ──┼────► (a log is queued at most once)   maps, durable = target,
+//!                             │                                       wake waiters, checkpoints
+//!  first unflushed byte ──────┴────► timer heap: (now + interval, log) ──► ready queue when due
+//! ```
+//!
+//! One pool serves every log, so a broker with 10 000 partitions has a handful of flusher threads,
+//! not 10 000; a log that is flushed is in the ready queue at most once and is flushed by one thread
+//! at a time. The pool also runs other short storage jobs ([`FlushPool::spawn`]: preparing the next
+//! segment) so that no log ever starts a thread of its own.
+//!
+//! Why threads and not glommio's io_uring fdatasync: the storage engine stays independent of the
+//! runtime (tests, benches and the fuzzer drive it without an executor), and on this kernel
+//! io_uring runs fdatasync on an io-wq worker thread anyway, so the hand-off costs the same.
+//! Waiting is asynchronous ([`DurableWait`] is a future woken by the pool) or blocking
 //! ([`Flusher::wait_blocking`]).
 //!
 //! A failed flush is sticky: the log is fail-stopped, because after an fdatasync error the kernel
 //! may have dropped the dirty pages and a later successful flush would prove nothing.
 //!
-//! This module owns the flusher thread and the durable watermark; it never reads records.
+//! This module owns the flusher threads and the durable watermarks; it never reads records.
 
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 use std::future::Future;
 use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -31,9 +47,9 @@ use std::time::{Duration, Instant};
 use super::io::SegmentMap;
 
 /// Makes a directory's entries durable (`Io::sync_dir`).
-pub(crate) type SyncDirFn = Box<dyn Fn(&std::path::Path) -> io::Result<()> + Send>;
+pub(crate) type SyncDirFn = Box<dyn Fn(&std::path::Path) -> io::Result<()> + Send + Sync>;
 /// Replaces a small metadata file (`Io::write_file`).
-pub(crate) type WriteFileFn = Box<dyn Fn(&std::path::Path, &[u8]) -> io::Result<()> + Send>;
+pub(crate) type WriteFileFn = Box<dyn Fn(&std::path::Path, &[u8]) -> io::Result<()> + Send + Sync>;
 
 /// A checkpoint to write once the bytes it describes are durable (a checkpoint describes durable
 /// data only). It does not cause a flush by itself: it rides on the next one (a durable ack, the
@@ -64,30 +80,324 @@ struct State {
     dir_dirty: bool,
     error: Option<(io::ErrorKind, String)>,
     waiters: Vec<(u64, Waker)>,
-    shutdown: bool,
+    /// In the pool's ready queue, or being flushed: never queued twice.
+    queued: bool,
+    /// A pool thread is flushing this log right now.
+    running: bool,
+    /// The log was dropped: queued work for it is skipped.
+    closed: bool,
 }
 
+/// One log's durability state, shared between its shard and the pool.
 pub(crate) struct Shared {
     state: Mutex<State>,
-    /// Wakes the flusher thread.
-    work: Condvar,
-    /// Wakes blocking waiters.
+    /// Wakes blocking waiters (and a drop waiting for a running round).
     done: Condvar,
     /// Every offset below this has been copied into a mapping (published by the shard).
     written: AtomicU64,
     failed: AtomicBool,
     flushes: AtomicU64,
+    /// A timer entry is armed for the bytes published since the last flush.
+    timer_armed: AtomicBool,
+    dir: PathBuf,
+    interval: Option<Duration>,
+    sync_dir: SyncDirFn,
+    write_file: WriteFileFn,
+    pool: Arc<PoolShared>,
 }
 
-fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
-    // The flusher never panics while holding the lock; if a test did, keep going with the state.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Pool threads never panic while holding a lock; if a test did, keep going with the state.
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Work the pool runs.
+enum Job {
+    /// One flush round of a log.
+    Flush(Arc<Shared>),
+    /// A short storage job (preparing a segment).
+    Run(Box<dyn FnOnce() + Send>),
+}
+
+struct Queue {
+    ready: VecDeque<Job>,
+    /// Logs with unflushed bytes under `Durability::Interval`, by the instant they are due.
+    timers: BinaryHeap<Reverse<Timer>>,
+    shutdown: bool,
+}
+
+struct Timer {
+    due: Instant,
+    log: Weak<Shared>,
+}
+
+impl PartialEq for Timer {
+    fn eq(&self, other: &Self) -> bool {
+        self.due == other.due
+    }
+}
+impl Eq for Timer {}
+impl PartialOrd for Timer {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Timer {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.due.cmp(&other.due)
+    }
+}
+
+pub(crate) struct PoolShared {
+    queue: Mutex<Queue>,
+    work: Condvar,
+}
+
+impl PoolShared {
+    fn push(&self, job: Job) {
+        lock(&self.queue).ready.push_back(job);
+        self.work.notify_one();
+    }
+}
+
+/// The storage threads of a broker: flush rounds of every log, interval flushes, and short jobs
+/// such as preparing a segment. Dropping the pool finishes the queued work and joins the threads.
+pub struct FlushPool {
+    shared: Arc<PoolShared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl FlushPool {
+    /// Starts `threads` (at least 1) storage threads.
+    pub fn new(threads: usize) -> io::Result<FlushPool> {
+        let shared = Arc::new(PoolShared {
+            queue: Mutex::new(Queue {
+                ready: VecDeque::new(),
+                timers: BinaryHeap::new(),
+                shutdown: false,
+            }),
+            work: Condvar::new(),
+        });
+        let mut pool = FlushPool {
+            shared,
+            threads: Vec::new(),
+        };
+        for i in 0..threads.max(1) {
+            let s = pool.shared.clone();
+            let t = std::thread::Builder::new()
+                .name(format!("levee-storage-{i}"))
+                .spawn(move || worker(&s))?;
+            pool.threads.push(t);
+        }
+        Ok(pool)
+    }
+
+    /// Number of threads.
+    pub fn threads(&self) -> usize {
+        self.threads.len()
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<PoolShared> {
+        &self.shared
+    }
+}
+
+pub(crate) fn spawn_on<T: Send + 'static>(
+    pool: &Arc<PoolShared>,
+    job: impl FnOnce() -> T + Send + 'static,
+) -> std::sync::mpsc::Receiver<T> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    pool.push(Job::Run(Box::new(move || {
+        let _ = tx.send(job());
+    })));
+    rx
+}
+
+impl Drop for FlushPool {
+    fn drop(&mut self) {
+        lock(&self.shared.queue).shutdown = true;
+        self.shared.work.notify_all();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn worker(pool: &PoolShared) {
+    loop {
+        let job = {
+            let mut q = lock(&pool.queue);
+            loop {
+                let now = Instant::now();
+                while q.timers.peek().is_some_and(|Reverse(t)| t.due <= now) {
+                    let Some(Reverse(t)) = q.timers.pop() else {
+                        break;
+                    };
+                    if let Some(log) = t.log.upgrade() {
+                        // Queued outside the queue lock: `enqueue` takes the log's state lock.
+                        drop(q);
+                        enqueue(&log, None);
+                        q = lock(&pool.queue);
+                    }
+                }
+                if let Some(job) = q.ready.pop_front() {
+                    break Some(job);
+                }
+                if q.shutdown {
+                    break None;
+                }
+                q = match q.timers.peek().map(|Reverse(t)| t.due) {
+                    Some(due) => {
+                        let left = due.saturating_duration_since(now);
+                        pool.work
+                            .wait_timeout(q, left.max(Duration::from_millis(1)))
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0
+                    }
+                    None => pool.work.wait(q).unwrap_or_else(|e| e.into_inner()),
+                };
+            }
+        };
+        match job {
+            None => return,
+            Some(Job::Run(f)) => f(),
+            Some(Job::Flush(log)) => flush_round(&log),
+        }
+    }
+}
+
+/// Puts the log in the ready queue unless it is there already. With `requested`, first raises
+/// the offset somebody waits for.
+fn enqueue(log: &Arc<Shared>, requested: Option<u64>) {
+    {
+        let mut st = lock(&log.state);
+        if let Some(r) = requested {
+            if r <= st.requested {
+                return;
+            }
+            st.requested = r;
+        }
+        if st.queued || st.closed {
+            return;
+        }
+        st.queued = true;
+    }
+    log.pool.push(Job::Flush(log.clone()));
+}
+
+/// Arms the interval timer for bytes published after the last flush.
+fn arm_timer(log: &Arc<Shared>) {
+    let Some(interval) = log.interval else {
+        return;
+    };
+    if log.timer_armed.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let mut q = lock(&log.pool.queue);
+    q.timers.push(Reverse(Timer {
+        due: Instant::now() + interval,
+        log: Arc::downgrade(log),
+    }));
+    drop(q);
+    log.pool.work.notify_one();
+}
+
+/// One flush: everything written when it starts becomes durable, or the log fails.
+fn flush_round(log: &Arc<Shared>) {
+    let mut st = lock(&log.state);
+    if st.closed || st.error.is_some() {
+        st.queued = false;
+        drop(st);
+        log.done.notify_all();
+        return;
+    }
+    st.running = true;
+    // Read the watermark before taking the list of mappings: a mapping is registered before any
+    // byte is written into it, so every byte below `target` lives in a listed mapping.
+    let target = log.written.load(Ordering::Acquire);
+    let maps: Vec<Arc<dyn SegmentMap>> = st.dirty.iter().map(|d| d.map.clone()).collect();
+    let dir_dirty = std::mem::take(&mut st.dir_dirty);
+    drop(st);
+    // Bytes published from here on need a timer of their own.
+    log.timer_armed.store(false, Ordering::Release);
+
+    let mut result = Ok(());
+    if dir_dirty {
+        result = (log.sync_dir)(&log.dir);
+    }
+    if result.is_ok() {
+        for m in &maps {
+            if let Err(e) = m.flush() {
+                result = Err(e);
+                break;
+            }
+        }
+    }
+
+    let mut st = lock(&log.state);
+    st.running = false;
+    let ready = match result {
+        Ok(()) => {
+            log.flushes.fetch_add(1, Ordering::Relaxed);
+            st.durable = st.durable.max(target);
+            let durable = st.durable;
+            st.dirty
+                .retain(|d| d.sealed_at.is_none_or(|end| end > durable));
+            let (ready, later): (Vec<_>, Vec<_>) = std::mem::take(&mut st.after)
+                .into_iter()
+                .partition(|a| a.covers <= durable);
+            st.after = later;
+            ready
+        }
+        Err(e) => {
+            tracing::error!(dir = %log.dir.display(), error = %e, "flush failed; log is now read-only");
+            st.error = Some((e.kind(), e.to_string()));
+            log.failed.store(true, Ordering::Release);
+            Vec::new()
+        }
+    };
+    let durable = st.durable;
+    let failed = st.error.is_some();
+    let woken = take_ready(&mut st, durable, failed);
+    // Someone asked for more while this round ran: stay queued for another.
+    let again = !failed && !st.closed && st.requested > st.durable;
+    st.queued = again;
+    drop(st);
+    for w in woken {
+        w.wake();
+    }
+    log.done.notify_all();
+    if again {
+        log.pool.push(Job::Flush(log.clone()));
+    }
+    if !failed && log.written.load(Ordering::Acquire) > durable {
+        arm_timer(log);
+    }
+    // Checkpoints are small; written outside the lock so waiters are not held up.
+    for a in ready {
+        if let Err(e) = (log.write_file)(&a.path, &a.bytes) {
+            // A lost checkpoint costs a rescan at the next open, nothing more.
+            tracing::warn!(path = %a.path.display(), error = %e, "index checkpoint not written");
+        }
+    }
+}
+
+fn take_ready(st: &mut State, durable: u64, all: bool) -> Vec<Waker> {
+    let mut woken = Vec::new();
+    st.waiters.retain(|(t, w)| {
+        if all || *t <= durable {
+            woken.push(w.clone());
+            false
+        } else {
+            true
+        }
+    });
+    woken
 }
 
 /// The durable-watermark service of one log.
 pub struct Flusher {
     shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
 }
 
 /// Why a durable wait did not succeed.
@@ -101,15 +411,16 @@ pub struct FlushError {
 }
 
 impl Flusher {
-    /// Starts the flusher thread for a log whose records below `next_offset` are already durable.
-    /// With `interval`, it also flushes on its own every `interval` while bytes are unflushed.
+    /// The durability service of a log whose records below `next_offset` are already durable.
+    /// With `interval`, bytes are also flushed at most `interval` after they were published.
     pub(crate) fn start(
+        pool: &Arc<PoolShared>,
         dir: PathBuf,
         next_offset: u64,
         interval: Option<Duration>,
         sync_dir: SyncDirFn,
         write_file: WriteFileFn,
-    ) -> io::Result<Flusher> {
+    ) -> Flusher {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 requested: next_offset,
@@ -119,22 +430,22 @@ impl Flusher {
                 dir_dirty: false,
                 error: None,
                 waiters: Vec::new(),
-                shutdown: false,
+                queued: false,
+                running: false,
+                closed: false,
             }),
-            work: Condvar::new(),
             done: Condvar::new(),
             written: AtomicU64::new(next_offset),
             failed: AtomicBool::new(false),
             flushes: AtomicU64::new(0),
+            timer_armed: AtomicBool::new(false),
+            dir,
+            interval,
+            sync_dir,
+            write_file,
+            pool: pool.clone(),
         });
-        let s = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name("levee-flush".into())
-            .spawn(move || run(&s, &dir, interval, &*sync_dir, &*write_file))?;
-        Ok(Flusher {
-            shared,
-            thread: Some(thread),
-        })
+        Flusher { shared }
     }
 
     /// Registers a mapping that will receive appends. Must be called before the first byte is
@@ -148,14 +459,13 @@ impl Flusher {
         st.dir_dirty |= created;
     }
 
-    /// Marks the newest sealed-able mapping as sealed at `next_offset` and queues its checkpoint.
+    /// Marks a mapping as sealed at `next_offset` and queues its checkpoint.
     pub(crate) fn seal(&self, map: &Arc<dyn SegmentMap>, next_offset: u64, after: AfterFlush) {
         let mut st = lock(&self.shared.state);
         if let Some(d) = st.dirty.iter_mut().find(|d| Arc::ptr_eq(&d.map, map)) {
             d.sealed_at = Some(next_offset);
         }
         st.after.push(after);
-        self.shared.work.notify_one();
     }
 
     /// Publishes that every offset below `next_offset` has been copied into a mapping.
@@ -163,15 +473,14 @@ impl Flusher {
     pub(crate) fn published(&self, next_offset: u64) {
         debug_assert!(next_offset >= self.shared.written.load(Ordering::Relaxed));
         self.shared.written.store(next_offset, Ordering::Release);
+        if self.shared.interval.is_some() && !self.shared.timer_armed.load(Ordering::Relaxed) {
+            arm_timer(&self.shared);
+        }
     }
 
     /// Asks for a flush covering every offset below `next_offset`.
     pub(crate) fn request(&self, next_offset: u64) {
-        let mut st = lock(&self.shared.state);
-        if next_offset > st.requested {
-            st.requested = next_offset;
-            self.shared.work.notify_one();
-        }
+        enqueue(&self.shared, Some(next_offset));
     }
 
     /// Every offset below this is durable.
@@ -243,14 +552,34 @@ impl Flusher {
             .dirty
             .retain(|d| !Arc::ptr_eq(&d.map, map));
     }
+
+    /// Replaces a mapping by a larger one of the same file (the active segment grew), keeping its
+    /// place: bytes written through either are flushed by flushing the new one.
+    pub(crate) fn replace_map(&self, old: &Arc<dyn SegmentMap>, new: Arc<dyn SegmentMap>) {
+        let mut st = lock(&self.shared.state);
+        match st.dirty.iter_mut().find(|d| Arc::ptr_eq(&d.map, old)) {
+            Some(d) => d.map = new,
+            None => st.dirty.push(DirtyMap {
+                map: new,
+                sealed_at: None,
+            }),
+        }
+    }
 }
 
 impl Drop for Flusher {
     fn drop(&mut self) {
-        lock(&self.shared.state).shutdown = true;
-        self.shared.work.notify_one();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        // No more rounds for this log; wait for one that is running, so that nothing writes into
+        // its directory once the log is gone (a restart may reopen it at once).
+        let mut st = lock(&self.shared.state);
+        st.closed = true;
+        while st.running {
+            st = self.shared.done.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        let woken: Vec<Waker> = st.waiters.drain(..).map(|(_, w)| w).collect();
+        drop(st);
+        for w in woken {
+            w.wake();
         }
     }
 }
@@ -275,6 +604,12 @@ impl Future for DurableWait {
         if st.durable >= self.target {
             return Poll::Ready(Ok(()));
         }
+        if st.closed {
+            return Poll::Ready(Err(FlushError {
+                kind: io::ErrorKind::Interrupted,
+                message: format!("log {} was closed", self.shared.dir.display()),
+            }));
+        }
         let target = self.target;
         match st
             .waiters
@@ -286,120 +621,4 @@ impl Future for DurableWait {
         }
         Poll::Pending
     }
-}
-
-fn run(
-    shared: &Shared,
-    dir: &std::path::Path,
-    interval: Option<Duration>,
-    sync_dir: &dyn Fn(&std::path::Path) -> io::Result<()>,
-    write_file: &dyn Fn(&std::path::Path, &[u8]) -> io::Result<()>,
-) {
-    let mut last_flush = Instant::now();
-    loop {
-        let mut st = lock(&shared.state);
-        // Sleep until there is something to make durable, or the interval has passed with
-        // unflushed bytes, or we are told to stop.
-        loop {
-            let written = shared.written.load(Ordering::Acquire);
-            let due = interval.is_some_and(|i| last_flush.elapsed() >= i) && written > st.durable;
-            if st.error.is_none() && (st.requested > st.durable || due) {
-                break;
-            }
-            if st.shutdown {
-                return;
-            }
-            st = match interval {
-                Some(i) => {
-                    let left = i
-                        .saturating_sub(last_flush.elapsed())
-                        .max(Duration::from_millis(1));
-                    shared
-                        .work
-                        .wait_timeout(st, left)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0
-                }
-                None => shared.work.wait(st).unwrap_or_else(|e| e.into_inner()),
-            };
-            if interval.is_some_and(|i| last_flush.elapsed() >= i)
-                && shared.written.load(Ordering::Acquire) <= st.durable
-            {
-                last_flush = Instant::now();
-            }
-        }
-        // Read the watermark before taking the list of mappings: a mapping is registered before
-        // any byte is written into it, so every byte below `target` lives in a listed mapping.
-        let target = shared.written.load(Ordering::Acquire);
-        let maps: Vec<Arc<dyn SegmentMap>> = st.dirty.iter().map(|d| d.map.clone()).collect();
-        let dir_dirty = std::mem::take(&mut st.dir_dirty);
-        drop(st);
-
-        let mut result = Ok(());
-        if dir_dirty {
-            result = sync_dir(dir);
-        }
-        if result.is_ok() {
-            for m in &maps {
-                if let Err(e) = m.flush() {
-                    result = Err(e);
-                    break;
-                }
-            }
-        }
-        last_flush = Instant::now();
-
-        let mut st = lock(&shared.state);
-        match result {
-            Ok(()) => {
-                shared.flushes.fetch_add(1, Ordering::Relaxed);
-                st.durable = st.durable.max(target);
-                let durable = st.durable;
-                st.dirty
-                    .retain(|d| d.sealed_at.is_none_or(|end| end > durable));
-                let (ready, later): (Vec<_>, Vec<_>) = std::mem::take(&mut st.after)
-                    .into_iter()
-                    .partition(|a| a.covers <= durable);
-                st.after = later;
-                // Checkpoints are small; write them outside the lock so waiters are not held up.
-                let woken = take_ready(&mut st, durable);
-                drop(st);
-                for w in woken {
-                    w.wake();
-                }
-                shared.done.notify_all();
-                for a in ready {
-                    if let Err(e) = write_file(&a.path, &a.bytes) {
-                        // A lost checkpoint costs a rescan at the next open, nothing more.
-                        tracing::warn!(path = %a.path.display(), error = %e, "index checkpoint not written");
-                        continue;
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::error!(dir = %dir.display(), error = %e, "flush failed; log is now read-only");
-                st.error = Some((e.kind(), e.to_string()));
-                shared.failed.store(true, Ordering::Release);
-                let woken: Vec<Waker> = st.waiters.drain(..).map(|(_, w)| w).collect();
-                drop(st);
-                for w in woken {
-                    w.wake();
-                }
-                shared.done.notify_all();
-            }
-        }
-    }
-}
-
-fn take_ready(st: &mut State, durable: u64) -> Vec<Waker> {
-    let mut woken = Vec::new();
-    st.waiters.retain(|(t, w)| {
-        if *t <= durable {
-            woken.push(w.clone());
-            false
-        } else {
-            true
-        }
-    });
-    woken
 }

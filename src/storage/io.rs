@@ -27,7 +27,7 @@ pub trait Io: Clone + Send + Sync + 'static {
     /// A mapped segment file.
     type Map: SegmentMap;
 
-    /// Creates `path` with `len` bytes reserved on disk and maps them. Fails with
+    /// Creates `path` with `len` bytes reserved on disk (possibly 0) and maps them. Fails with
     /// `ErrorKind::StorageFull` (ENOSPC) when the disk cannot hold `len` bytes.
     fn create(&self, path: &Path, len: usize) -> io::Result<Self::Map>;
     /// Maps an existing file. When `reserve` is larger than the file, the file is first extended and
@@ -135,6 +135,9 @@ mod mmap {
     }
 
     fn reserve(file: &File, len: usize) -> io::Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
         // fallocate, not set_len: set_len would leave a sparse file whose blocks are allocated on
         // the first page fault, and a full disk would then be a SIGBUS in the middle of an append.
         let len = libc::off_t::try_from(len).map_err(|_| io::ErrorKind::InvalidInput)?;
@@ -549,6 +552,9 @@ impl Io for SimIo {
                     // SAFETY: `f` is not shared yet.
                     unsafe { *f.data[i].get() = *b };
                 }
+                // Pages written but not flushed stay unflushed in the larger file, as they would
+                // in the page cache of a file that fallocate extended.
+                lock(&f.state).dirty = lock(&existing.state).dirty.clone();
                 lock(&self.fs).files.insert(path.to_owned(), f.clone());
                 Ok(f)
             }

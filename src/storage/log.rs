@@ -8,11 +8,11 @@
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::Receiver;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::flush::{AfterFlush, DurableWait, Flusher};
+use super::flush::{AfterFlush, DurableWait, FlushPool, Flusher, PoolShared};
 use super::io::{Io, SegmentMap};
 use super::recovery::{self, RecoveryReport};
 use super::segment::{self, Segment};
@@ -36,6 +36,11 @@ const RECYCLED_NAME: &str = "next.segment.recycled";
 /// memory (the records were written long before), and the hardware prefetcher stops at every
 /// 4 KiB page boundary; asking two pages ahead hides that latency.
 const PREFETCH_BYTES: usize = 8 << 10;
+/// Smallest step by which the first segment of a log grows its reservation. A new log reserves
+/// nothing; its active segment grows (doubling, from this) as records arrive, so that ten thousand
+/// mostly idle partitions do not reserve ten thousand full segments. Prepared and recycled
+/// segments are reserved whole, off the shard thread.
+pub(crate) const GROW_BYTES_MIN: usize = 64 << 10;
 
 /// Starts loading `bytes` into the CPU caches (a hint: nothing happens where unsupported).
 #[inline]
@@ -113,7 +118,9 @@ pub struct Log<I: Io> {
     next_offset: u64,
     last_timestamp_ms: i64,
     flusher: Flusher,
-    preparing: Option<JoinHandle<std::io::Result<I::Map>>>,
+    /// The storage threads this log's flushes and segment preparations run on.
+    pool: Arc<PoolShared>,
+    preparing: Option<Receiver<std::io::Result<I::Map>>>,
     /// A retired segment file waits under `RECYCLED_NAME` to become the next segment.
     spare: bool,
     clock: Clock,
@@ -121,6 +128,9 @@ pub struct Log<I: Io> {
     /// [`Log::append_message`]: reused, so steady appends allocate nothing.
     scratch: rkyv::util::AlignedVec<16>,
     encode_buf: Vec<u8>,
+    /// A pool of its own when the log was opened without one ([`Log::open`]). Declared last: it
+    /// is dropped (joining its thread) after the flusher that uses it.
+    own_pool: Option<FlushPool>,
 }
 
 fn dyn_map<M: SegmentMap>(m: &Arc<M>) -> Arc<dyn SegmentMap> {
@@ -146,6 +156,21 @@ impl<I: Io> Log<I> {
         dir: impl Into<PathBuf>,
         config: LogConfig,
     ) -> Result<(Self, RecoveryReport), StorageError> {
+        let dir = dir.into();
+        let pool = FlushPool::new(1).map_err(|e| StorageError::io("start flusher for", &dir, e))?;
+        let (mut log, report) = Self::open_in(&pool, io, dir, config)?;
+        log.own_pool = Some(pool);
+        Ok((log, report))
+    }
+
+    /// Opens (or creates) the log in `dir`, its flushes and segment preparations running on
+    /// `pool`'s threads (a broker shares one pool among all its logs).
+    pub fn open_in(
+        pool: &FlushPool,
+        io: I,
+        dir: impl Into<PathBuf>,
+        config: LogConfig,
+    ) -> Result<(Self, RecoveryReport), StorageError> {
         config.validate()?;
         let dir = dir.into();
         io.create_dir_all(&dir)
@@ -157,13 +182,13 @@ impl<I: Io> Log<I> {
         };
         let (sync_io, write_io) = (io.clone(), io.clone());
         let flusher = Flusher::start(
+            pool.shared(),
             dir.clone(),
             recovered.next_offset,
             interval,
             Box::new(move |d| sync_io.sync_dir(d)),
             Box::new(move |p, b| write_io.write_file(p, b)),
-        )
-        .map_err(|e| StorageError::io("start flusher for", &dir, e))?;
+        );
         for s in &recovered.segments {
             flusher.add_map(dyn_map(&s.map), false);
         }
@@ -175,13 +200,21 @@ impl<I: Io> Log<I> {
             last_timestamp_ms: recovered.last_timestamp_ms,
             segments: recovered.segments,
             flusher,
+            pool: pool.shared().clone(),
             preparing: None,
             spare: false,
             clock: Arc::new(system_clock),
             scratch: rkyv::util::AlignedVec::new(),
             encode_buf: Vec::new(),
+            own_pool: None,
         };
         Ok((log, recovered.report))
+    }
+
+    /// Changes the retention limits (a topic was altered); applied at the next retention pass.
+    pub fn set_retention(&mut self, retention_bytes: Option<u64>, retention_ms: Option<u64>) {
+        self.config.retention_bytes = retention_bytes;
+        self.config.retention_ms = retention_ms;
     }
 
     /// Replaces the clock (tests of age-based roll and retention).
@@ -352,7 +385,7 @@ impl<I: Io> Log<I> {
         }
         segment.first_timestamp_ms.get_or_insert(now);
         segment.write(run, offset, now);
-        let half_full = segment.remaining() < segment.map.len() / 2;
+        let half_full = segment.len > self.config.segment_bytes / 2;
         self.next_offset = offset;
         self.last_timestamp_ms = now;
         self.flusher.published(offset);
@@ -382,17 +415,51 @@ impl<I: Io> Log<I> {
 
     fn roll_if_needed(&mut self, needed: usize, now: i64) -> Result<(), StorageError> {
         let segment_ms = self.config.segment_ms as i64;
+        let segment_bytes = self.config.segment_bytes;
         let active = self.active();
         let too_old = active
             .first_timestamp_ms
             .is_some_and(|first| now.saturating_sub(first) >= segment_ms);
-        if needed <= active.remaining() && !too_old {
-            return Ok(());
+        // An empty segment never rolls: its successor would have the same base offset, and so the
+        // same name. A batch always fits an empty segment (append checked it against the limit).
+        let full = active.len + needed > segment_bytes;
+        if !active.is_empty() && (too_old || full) {
+            return self.roll();
         }
-        if active.is_empty() && needed <= active.remaining() {
-            return Ok(());
+        if needed > active.remaining() {
+            self.grow_active(needed)?;
         }
-        self.roll()
+        Ok(())
+    }
+
+    /// Extends the active segment's reservation to hold `needed` more bytes: doubling, from
+    /// [`GROW_BYTES_MIN`], up to `segment_bytes`.
+    fn grow_active(&mut self, needed: usize) -> Result<(), StorageError> {
+        let segment_bytes = self.config.segment_bytes;
+        let io = self.io.clone();
+        let active = self.active();
+        let want = (active.len + needed).next_multiple_of(GROW_BYTES_MIN);
+        let len = want
+            .max(active.map.len().saturating_mul(2))
+            .min(segment_bytes);
+        assert!(len >= active.len + needed, "grown past the segment limit");
+        let path = active.path.clone();
+        let bigger = Arc::new(io.open(&path, Some(len)).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::StorageFull {
+                StorageError::NoSpace {
+                    path: path.clone(),
+                    bytes: len,
+                }
+            } else {
+                StorageError::io("grow segment", &path, e)
+            }
+        })?);
+        // Slices of the old mapping stay valid: the file only grew, and bytes before `len` never
+        // change. The flusher flushes the file through the new mapping from now on.
+        let old = std::mem::replace(&mut active.map, bigger);
+        let new = dyn_map(&active.map);
+        self.flusher.replace_map(&dyn_map(&old), new);
+        Ok(())
     }
 
     /// The work of preparing the next segment: reuse the spare file if there is one, else create.
@@ -411,22 +478,18 @@ impl<I: Io> Log<I> {
         }
     }
 
-    /// Starts reserving and pre-faulting the next segment on a helper thread.
+    /// Starts reserving and pre-faulting the next segment on a storage thread.
     fn prepare_next(&mut self) {
         let job = self.preparation();
-        let spawned = std::thread::Builder::new()
-            .name("levee-segment-prep".into())
-            .spawn(job);
-        // If no thread can be spawned, the roll creates the segment itself.
-        self.preparing = spawned.ok();
+        self.preparing = Some(super::flush::spawn_on(&self.pool, job));
     }
 
     fn take_prepared(&mut self) -> Result<I::Map, StorageError> {
         let prepared = self.dir.join(PREPARED_NAME);
         let len = self.config.segment_bytes;
-        let made = match self.preparing.take().map(|h| h.join()) {
+        let made = match self.preparing.take().map(|rx| rx.recv()) {
             Some(Ok(Ok(map))) => Ok(map),
-            // The helper failed or died: try once more here, so a transient error does not stick.
+            // The job failed or was lost: try once more here, so a transient error does not stick.
             Some(Ok(Err(_))) | Some(Err(_)) | None => (self.preparation())(),
         };
         made.map_err(|e| {
@@ -751,8 +814,8 @@ impl<I: Io> Log<I> {
     /// is dropped without `close` loses nothing that was durable; the next open rescans its tail.
     pub fn close(mut self) -> Result<(), StorageError> {
         self.flush()?;
-        if let Some(h) = self.preparing.take() {
-            let _ = h.join();
+        if let Some(rx) = self.preparing.take() {
+            let _ = rx.recv();
         }
         let active = self.active();
         let segment_path = active.path.clone();

@@ -3,8 +3,8 @@
 //! ```text
 //! Log ── owns ──> Segment* ── maps ──> <dir>/<base offset, 20 digits>.log   (records)
 //!  │                  └──────────────> <dir>/<base offset, 20 digits>.index (checkpoint)
-//!  ├─ Flusher thread: group commit, durable watermark, checkpoints after flush
-//!  └─ preparer thread: reserves and pre-faults the next segment before the active one fills
+//!  ├─ Flusher: group commit on a shared FlushPool thread, durable watermark, checkpoints
+//!  └─ preparation (a FlushPool job): reserves the next segment before the active one fills
 //! ```
 //! Everything touches the disk through the [`io`] seam, so tests swap in [`io::SimIo`] to cut
 //! power, fail a flush or run out of space at any point.
@@ -30,7 +30,7 @@ mod segment;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use flush::{DurableWait, FlushError};
+pub use flush::{DurableWait, FlushError, FlushPool};
 pub use index::{Checkpoint, IndexEntry};
 pub use io::{Io, SegmentMap, SimIo};
 #[cfg(feature = "broker")]

@@ -15,8 +15,8 @@
 //! 5. At the first record that fails, the log is cut: the rest of that segment is erased (so no
 //!    stale record past the cut can be revived by a later append of the same length) and every
 //!    later segment is deleted. The cut is reported with its reason.
-//! 6. The last segment becomes the active one: its file gets back its full reservation and
-//!    everything after its last record is erased for the same reason as in rule 5.
+//! 6. The last segment becomes the active one: everything after its last record is erased for
+//!    the same reason as in rule 5. Its reservation is extended by the log when appends need it.
 //! 7. What was recovered is flushed before the log declares it durable.
 //!
 //! No disk content makes recovery panic: every length and position read from disk is checked
@@ -295,11 +295,20 @@ pub(crate) fn recover<I: Io>(
             }
         }
         let is_last = i + 1 == bases.len();
-        let reserve = is_last.then_some(config.segment_bytes);
-        let map = Arc::new(
-            io.open(&path, reserve)
-                .map_err(|e| StorageError::io("open segment", &path, e))?,
-        );
+        // No full reservation here: the active segment grows its own when appends need it. A
+        // last segment cut short of its reservation (a file truncated by hand or by a tool) is
+        // extended to the next growth step, so the bytes it lost read as zeros, as they would
+        // after a power cut, and a record that lost only its zero padding is kept.
+        let mut map = io
+            .open(&path, None)
+            .map_err(|e| StorageError::io("open segment", &path, e))?;
+        let step = super::log::GROW_BYTES_MIN;
+        if is_last && map.len() % step != 0 {
+            map = io
+                .open(&path, Some(map.len().next_multiple_of(step)))
+                .map_err(|e| StorageError::io("extend segment", &path, e))?;
+        }
+        let map = Arc::new(map);
         // SAFETY: nobody else holds this mapping yet.
         let data = unsafe { map.slice(0, map.len()) };
         let checkpoint = io
@@ -369,14 +378,8 @@ pub(crate) fn recover<I: Io>(
             continue;
         }
         if keep_as_active {
-            // Erase everything past the last valid record (rules 5 and 6), and make sure the
-            // file has its full reservation before it takes appends.
-            if segment.map.len() < config.segment_bytes {
-                let bigger = io
-                    .open(&path, Some(config.segment_bytes))
-                    .map_err(|e| StorageError::io("reserve segment", &path, e))?;
-                segment.map = Arc::new(bigger);
-            }
+            // Erase everything past the last valid record (rules 5 and 6). The log extends the
+            // reservation when an append needs it.
             let next = segment.next_offset;
             segment
                 .cut(segment.len, next)
@@ -401,17 +404,11 @@ pub(crate) fn recover<I: Io>(
     }
 
     if segments.is_empty() {
+        // A new log reserves nothing yet: its first append grows the segment (see Log::append).
         let path = dir.join(segment::file_name(0));
-        let map = io.create(&path, config.segment_bytes).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::StorageFull {
-                StorageError::NoSpace {
-                    path: path.clone(),
-                    bytes: config.segment_bytes,
-                }
-            } else {
-                StorageError::io("create segment", &path, e)
-            }
-        })?;
+        let map = io
+            .create(&path, 0)
+            .map_err(|e| StorageError::io("create segment", &path, e))?;
         io.sync_dir(dir)
             .map_err(|e| StorageError::io("sync dir", dir, e))?;
         segments.push_back(Segment::new(0, path, Arc::new(map), interval));

@@ -159,7 +159,7 @@ impl Raw {
     /// Sends a request and decodes its response.
     pub fn call(&mut self, cid: u32, req: &Request) -> (ResponseHeader, Option<Response>, Vec<u8>) {
         let mut out = Vec::new();
-        protocol::encode_request(&mut out, cid, req);
+        protocol::encode_request(&mut out, cid, req).unwrap();
         self.send(&out);
         let frame = self.recv().expect("response");
         let (h, body) = protocol::decode_response(&frame).expect("decodable response");

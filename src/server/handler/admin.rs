@@ -1,0 +1,197 @@
+//! The handshake and topic administration: ApiVersions, Metadata, CreateTopic, DeleteTopic,
+//! AlterTopic, ListTopics, DescribeTopic.
+//!
+//! Catalog changes do their file work (fsyncs, directory removal) on the shard's blocking thread,
+//! so a create or delete never stalls a shard's requests.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use super::{by_owner, catalog_code, shard_code, Req};
+use crate::catalog::{CatalogError, TopicMeta};
+use crate::protocol::{
+    ApiKey, ErrorCode, PartitionDescription, Response, ShardAddr, TopicConfig, TopicMetadata,
+};
+use crate::runtime;
+use crate::server::connection::Outgoing;
+use crate::server::{Session, Shared};
+use crate::shard::Shard;
+use crate::storage::{Io, SegmentMap};
+
+pub(super) fn api_versions<M: SegmentMap>(
+    req: Req,
+    session: &Session,
+    client_id: &str,
+) -> Outgoing<M> {
+    session.set_client_id(client_id);
+    tracing::debug!(session = session.id, peer = ?session.peer, client_id, "handshake");
+    req.ok(&Response::ApiVersions {
+        apis: ApiKey::ALL
+            .iter()
+            .map(|k| {
+                let (min, max) = k.versions();
+                (*k as u16, min, max)
+            })
+            .collect(),
+        broker: concat!("levee ", env!("CARGO_PKG_VERSION")).to_string(),
+    })
+}
+
+fn topic_metadata<I: Io>(shard: &Shard<I>, meta: &TopicMeta) -> TopicMetadata {
+    TopicMetadata {
+        partitions: (0..meta.partitions)
+            .map(|p| (p, shard.owner(&meta.name, p)))
+            .collect(),
+        name: meta.name.clone(),
+        error: ErrorCode::None,
+    }
+}
+
+pub(super) fn metadata<I: Io>(
+    req: Req,
+    shard: &Rc<Shard<I>>,
+    shared: &Shared,
+    topics: &[String],
+) -> Outgoing<I::Map> {
+    let addrs = shared.shard_addrs.get().cloned().unwrap_or_default();
+    let shards = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| ShardAddr {
+            shard: i as u16,
+            host: a.ip().to_string(),
+            port: a.port(),
+        })
+        .collect();
+    let catalog = shard.topics();
+    let metas: Vec<TopicMetadata> = if topics.is_empty() {
+        catalog.iter().map(|m| topic_metadata(shard, m)).collect()
+    } else {
+        topics
+            .iter()
+            .map(|t| match catalog.get(t) {
+                Some(m) => topic_metadata(shard, m),
+                None => TopicMetadata {
+                    name: t.clone(),
+                    error: ErrorCode::UnknownTopic,
+                    partitions: Vec::new(),
+                },
+            })
+            .collect()
+    };
+    req.ok(&Response::Metadata {
+        shards,
+        topics: metas,
+    })
+}
+
+/// Runs a catalog change on the blocking thread and answers `Done` or its error.
+async fn catalog_change<M: SegmentMap>(
+    req: Req,
+    change: impl FnOnce() -> Result<Arc<TopicMeta>, CatalogError> + Send + 'static,
+) -> Outgoing<M> {
+    match runtime::blocking(change).await {
+        Ok(Ok(_)) => req.ok(&Response::Done),
+        Ok(Err(e)) => req.error(catalog_code(&e), &e.to_string()),
+        Err(panic) => req.error(ErrorCode::Internal, &format!("internal error: {panic}")),
+    }
+}
+
+pub(super) async fn create_topic<M: SegmentMap>(
+    req: Req,
+    shared: &Arc<Shared>,
+    name: String,
+    mut config: TopicConfig,
+) -> Outgoing<M> {
+    // Unset retention means the broker's defaults.
+    if config.retention_bytes.is_none() {
+        config.retention_bytes = shared.config.retention_bytes;
+    }
+    if config.retention_ms.is_none() {
+        config.retention_ms = shared.config.retention_ms;
+    }
+    let catalog = shared.catalog.clone();
+    catalog_change(req, move || catalog.create(&name, &config)).await
+}
+
+pub(super) async fn delete_topic<M: SegmentMap>(
+    req: Req,
+    shared: &Arc<Shared>,
+    name: String,
+) -> Outgoing<M> {
+    let catalog = shared.catalog.clone();
+    catalog_change(req, move || catalog.delete(&name)).await
+}
+
+pub(super) async fn alter_topic<M: SegmentMap>(
+    req: Req,
+    shared: &Arc<Shared>,
+    name: String,
+    partitions: Option<u32>,
+    retention_bytes: Option<u64>,
+    retention_ms: Option<u64>,
+) -> Outgoing<M> {
+    let catalog = shared.catalog.clone();
+    catalog_change(req, move || {
+        catalog.alter(&name, partitions, retention_bytes, retention_ms)
+    })
+    .await
+}
+
+pub(super) fn list_topics<I: Io>(req: Req, shard: &Rc<Shard<I>>) -> Outgoing<I::Map> {
+    req.ok(&Response::ListTopics(
+        shard
+            .topics()
+            .iter()
+            .map(|m| (m.name.clone(), m.partitions))
+            .collect(),
+    ))
+}
+
+pub(super) async fn describe_topic<I: Io>(
+    req: Req,
+    shard: &Rc<Shard<I>>,
+    name: String,
+) -> Outgoing<I::Map> {
+    let Some(meta) = shard.topics().get(&name).cloned() else {
+        return req.error(ErrorCode::UnknownTopic, &format!("unknown topic '{name}'"));
+    };
+    let groups = by_owner(shard, (0..meta.partitions).map(|p| (meta.name.as_str(), p)));
+    let mut partitions = vec![None; meta.partitions as usize];
+    for (owner, idxs) in groups {
+        let topic = name.clone();
+        let described = shard
+            .on_owner(owner, move |s| {
+                let found: Vec<_> = idxs
+                    .into_iter()
+                    .map(|p| (p, s.describe(&topic, p as u32)))
+                    .collect();
+                std::future::ready(found)
+            })
+            .await;
+        let described = match described {
+            Ok(d) => d,
+            Err(e) => return req.error(shard_code(&e), &e.to_string()),
+        };
+        for (p, d) in described {
+            match d {
+                Ok(d) => {
+                    partitions[p] = Some(PartitionDescription {
+                        partition: p as u32,
+                        shard: owner,
+                        earliest: d.earliest,
+                        next: d.next,
+                        durable: d.durable,
+                        size_bytes: d.size_bytes,
+                    })
+                }
+                Err(e) => return req.error(shard_code(&e), &e.to_string()),
+            }
+        }
+    }
+    req.ok(&Response::DescribeTopic {
+        name,
+        config: meta.config(),
+        partitions: partitions.into_iter().flatten().collect(),
+    })
+}

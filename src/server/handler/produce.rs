@@ -1,0 +1,149 @@
+//! Produce: append every block on its owner shard, then answer once the acknowledgements are in.
+//!
+//! Blocks owned by this shard are appended at once, synchronously, from the request frame itself
+//! (validated in place, one copy into the segment). Blocks owned elsewhere are copied (the copy is
+//! charged to the memory budget) and sent to their owner, all of one owner's blocks in one hop.
+//! Those hops are started before anything else awaits, in request order, so per-partition order
+//! follows the order requests arrived in even with many in flight; the waits for durability of all
+//! blocks then overlap.
+
+use std::rc::Rc;
+
+use rkyv::util::AlignedVec;
+
+use super::{by_owner, shard_code, Req};
+use crate::protocol::{Acks, ErrorCode, ProduceRequest, ProduceResult, Response};
+use crate::runtime;
+use crate::server::connection::Outgoing;
+use crate::server::Shared;
+use crate::shard::{AckLevel, Appending, Shard, ShardError};
+use crate::storage::{Appended, Io};
+
+type Outcome = Result<Appended, ShardError>;
+
+fn ack_level(acks: Acks) -> AckLevel {
+    match acks {
+        Acks::None => AckLevel::None,
+        Acks::Written => AckLevel::Written,
+        Acks::Durable => AckLevel::Durable,
+    }
+}
+
+pub(super) async fn produce<I: Io>(
+    req: Req,
+    shard: &Rc<Shard<I>>,
+    shared: &Shared,
+    p: ProduceRequest,
+    frame: &mut [u8],
+) -> Option<Outgoing<I::Map>> {
+    let acks = ack_level(p.acks);
+    let timeout_ms = p.timeout_ms;
+    let groups = by_owner(
+        shard,
+        p.blocks.iter().map(|b| (b.topic.as_str(), b.partition)),
+    );
+    let mut local: Vec<(usize, Result<Appending, ShardError>)> = Vec::new();
+    let mut remote = Vec::new();
+    for (owner, idxs) in groups {
+        if owner == shard.id {
+            for i in idxs {
+                let b = &p.blocks[i];
+                let run = &mut frame[b.run.clone()];
+                local.push((i, shard.append(&b.topic, b.partition, run, acks)));
+            }
+            continue;
+        }
+        let mut bytes = 0;
+        let items: Vec<(usize, String, u32, AlignedVec<16>)> = idxs
+            .iter()
+            .map(|&i| {
+                let b = &p.blocks[i];
+                let mut copy = AlignedVec::<16>::with_capacity(b.run.len());
+                copy.extend_from_slice(&frame[b.run.clone()]);
+                bytes += copy.capacity();
+                (i, b.topic.clone(), b.partition, copy)
+            })
+            .collect();
+        // Work already accepted: charged without waiting (see server::budget).
+        let charge = shared.budget.force(bytes);
+        let shard = shard.clone();
+        let hop = async move {
+            shard
+                .on_owner(owner, move |s| {
+                    // Appended here, in arrival order, before the owner runs anything else of ours.
+                    let appending: Vec<(usize, Result<Appending, ShardError>)> = items
+                        .into_iter()
+                        .map(|(i, topic, partition, mut run)| {
+                            (i, s.append(&topic, partition, &mut run, acks))
+                        })
+                        .collect();
+                    drop(charge);
+                    async move {
+                        let mut done: Vec<(usize, Outcome)> = Vec::with_capacity(appending.len());
+                        for (i, a) in appending {
+                            let outcome = match a {
+                                Ok(a) => a.complete(timeout_ms).await,
+                                Err(e) => Err(e),
+                            };
+                            done.push((i, outcome));
+                        }
+                        done
+                    }
+                })
+                .await
+        };
+        // Spawned so the hop starts now, before this task awaits anything: see the module doc.
+        remote.push((idxs, runtime::spawn(hop)));
+    }
+    let mut outcomes: Vec<Option<Outcome>> = (0..p.blocks.len()).map(|_| None).collect();
+    for (i, a) in local {
+        outcomes[i] = Some(match a {
+            Ok(a) => a.complete(timeout_ms).await,
+            Err(e) => Err(e),
+        });
+    }
+    for (idxs, hop) in remote {
+        match hop.await {
+            Ok(done) => {
+                for (i, outcome) in done {
+                    outcomes[i] = Some(outcome);
+                }
+            }
+            Err(e) => {
+                for i in idxs {
+                    outcomes[i] = Some(Err(e.clone()));
+                }
+            }
+        }
+    }
+    if p.acks == Acks::None {
+        return None;
+    }
+    let results = p
+        .blocks
+        .iter()
+        .zip(outcomes)
+        .map(|(b, outcome)| {
+            let mut r = ProduceResult {
+                topic: b.topic.clone(),
+                partition: b.partition,
+                error: ErrorCode::None,
+                base_offset: 0,
+                timestamp_ms: 0,
+            };
+            match outcome {
+                Some(Ok(a)) => {
+                    r.base_offset = a.base_offset;
+                    r.timestamp_ms = a.timestamp_ms;
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(topic = %b.topic, partition = b.partition, error = %e, "produce block failed");
+                    r.error = req.code(shard_code(&e));
+                }
+                None => r.error = ErrorCode::Internal,
+            }
+            r
+        })
+        .collect();
+    Some(req.ok(&Response::Produce(results)))
+}

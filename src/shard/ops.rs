@@ -1,0 +1,243 @@
+//! The typed operations on a local partition: append, read, wait for data, look up an offset,
+//! describe. Each is written once, for the partition's owner; callers elsewhere reach it through
+//! [`Shard::on_owner`]. Inputs and outputs are domain types (storage's `Appended` and `Slice`,
+//! the types below) and errors are [`ShardError`]s, never wire types.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use event_listener::EventListener;
+
+use super::{Shard, ShardError};
+use crate::config::FsyncPolicy;
+use crate::runtime;
+use crate::storage::{Appended, DurableWait, Io, Slice, StorageError};
+
+/// What an append's acknowledgement waits for (the contract's `acks`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckLevel {
+    /// Nothing: fire and forget.
+    None,
+    /// The records are in the mapped segment.
+    Written,
+    /// A flush covering the records completed.
+    Durable,
+}
+
+/// Where an offset lookup points.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffsetQuery {
+    /// The first offset still stored.
+    Earliest,
+    /// The offset the next record will get.
+    Latest,
+    /// The first offset appended at or after this time (ms since the epoch), or the log end.
+    AtTime(i64),
+}
+
+/// Offsets and size of one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionInfo {
+    /// First offset stored.
+    pub earliest: u64,
+    /// Offset of the next record.
+    pub next: u64,
+    /// Every offset below this is durable.
+    pub durable: u64,
+    /// Bytes of records stored.
+    pub size_bytes: u64,
+}
+
+/// A read: the partition's offsets and the records found (possibly none).
+pub struct ReadOutcome<M: crate::storage::SegmentMap> {
+    /// First offset stored.
+    pub earliest: u64,
+    /// Offset the next appended record will get.
+    pub next: u64,
+    /// Whole, CRC-checked records; keeps their segment mapped while it travels.
+    pub slice: Slice<M>,
+}
+
+/// An append whose acknowledgement may still wait for a flush.
+pub struct Appending {
+    /// Offsets and time given to the batch.
+    pub appended: Appended,
+    durable: Option<DurableWait>,
+}
+
+impl Appending {
+    /// Waits for the flush the acknowledgement needs, at most `timeout_ms` (0 acts as 1).
+    pub async fn complete(self, timeout_ms: u32) -> Result<Appended, ShardError> {
+        let Some(wait) = self.durable else {
+            return Ok(self.appended);
+        };
+        let deadline = Instant::now() + Duration::from_millis(timeout_ms.max(1) as u64);
+        match runtime::until(deadline, wait).await {
+            Some(Ok(())) => Ok(self.appended),
+            Some(Err(e)) => Err(ShardError::Flush(e)),
+            None => Err(ShardError::DurableTimeout { timeout_ms }),
+        }
+    }
+}
+
+fn storage(topic: &str, partition: u32, e: StorageError) -> ShardError {
+    ShardError::Storage {
+        topic: topic.to_string(),
+        partition,
+        source: Arc::new(e),
+    }
+}
+
+impl<I: Io> Shard<I> {
+    /// Appends a batch (whole records, as a producer sends them) to a local partition,
+    /// synchronously: nothing awaits between the caller's decision and the append, so batches
+    /// arriving in order are appended in order. What the acknowledgement still waits for (a
+    /// flush) is in the returned [`Appending`].
+    pub fn append(
+        &self,
+        topic: &str,
+        partition: u32,
+        run: &mut [u8],
+        acks: AckLevel,
+    ) -> Result<Appending, ShardError> {
+        let part = self.partition(topic, partition)?;
+        let appended = {
+            let mut log = part.log.borrow_mut();
+            let segments = log.segment_count();
+            let appended = log.append(run);
+            if log.segment_count() > segments {
+                // Retention also runs at every roll, not only on the `retention_check_ms` tick: a
+                // log under sustained load then retires its oldest segment as it starts a new
+                // one, and the retired file (its pages still resident) becomes the segment after
+                // next. Between ticks, every roll would otherwise take fresh pages, which cost a
+                // page fault each (about 2 µs a page on a VM: see tuning.md).
+                if let Err(e) = log.enforce_retention() {
+                    tracing::warn!(topic, partition, error = %e, "retention failed");
+                }
+            }
+            appended.map_err(|e| storage(topic, partition, e))?
+        };
+        self.stats.records_in.fetch_add(appended.count(), Relaxed);
+        self.stats.bytes_in.fetch_add(run.len() as u64, Relaxed);
+        part.appended.notify(usize::MAX);
+        // `--fsync always` makes every acknowledgement durable; `acks=durable` asks for it anyway.
+        let durable = (acks == AckLevel::Durable || self.config.fsync == FsyncPolicy::Always)
+            .then(|| part.log.borrow().wait_durable(appended.next_offset));
+        Ok(Appending { appended, durable })
+    }
+
+    /// Reads whole records from `offset`, at most `max_bytes` but at least one record when one
+    /// exists. At the log end the slice is empty.
+    pub fn read(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_bytes: usize,
+    ) -> Result<ReadOutcome<I::Map>, ShardError> {
+        let part = self.partition(topic, partition)?;
+        let log = part.log.borrow();
+        let slice = log
+            .read(offset, max_bytes.max(1))
+            .map_err(|e| storage(topic, partition, e))?;
+        self.stats
+            .bytes_out
+            .fetch_add(slice.bytes().len() as u64, Relaxed);
+        Ok(ReadOutcome {
+            earliest: log.earliest_offset(),
+            next: log.next_offset(),
+            slice,
+        })
+    }
+
+    /// Looks up an offset of a local partition.
+    pub fn list_offset(
+        &self,
+        topic: &str,
+        partition: u32,
+        query: OffsetQuery,
+    ) -> Result<u64, ShardError> {
+        let part = self.partition(topic, partition)?;
+        let log = part.log.borrow();
+        match query {
+            OffsetQuery::Earliest => Ok(log.earliest_offset()),
+            OffsetQuery::Latest => Ok(log.next_offset()),
+            OffsetQuery::AtTime(t) => log
+                .offset_at_time(t)
+                .map_err(|e| storage(topic, partition, e)),
+        }
+    }
+
+    /// Offsets and size of a local partition. A partition never written to is described as
+    /// empty without being created.
+    pub fn describe(&self, topic: &str, partition: u32) -> Result<PartitionInfo, ShardError> {
+        let Some(part) = self.existing(topic, partition)? else {
+            return Ok(PartitionInfo {
+                earliest: 0,
+                next: 0,
+                durable: 0,
+                size_bytes: 0,
+            });
+        };
+        let log = part.log.borrow();
+        Ok(PartitionInfo {
+            earliest: log.earliest_offset(),
+            next: log.next_offset(),
+            durable: log.durable_offset(),
+            size_bytes: log.size_bytes(),
+        })
+    }
+
+    /// Waits until any of `wanted` (topic, partition, offset) has a record at `offset` or later,
+    /// or until `deadline`, or until the shard stops. Woken by the appends themselves: no
+    /// polling. Costs one listener per distinct partition on the heap and O(1) stack, however
+    /// many blocks a request names. A partition that cannot be opened ends the wait at once
+    /// (the caller's next read reports it).
+    pub async fn wait_any(&self, wanted: &[(String, u32, u64)], deadline: Instant) {
+        let mut parts = Vec::new();
+        let mut seen = std::collections::HashMap::new();
+        for (topic, partition, offset) in wanted {
+            match seen.get(&(topic.as_str(), *partition)) {
+                Some(&i) => {
+                    let slot: &mut (_, u64) = &mut parts[i];
+                    slot.1 = slot.1.min(*offset);
+                }
+                None => match self.partition(topic, *partition) {
+                    Ok(p) => {
+                        seen.insert((topic.as_str(), *partition), parts.len());
+                        parts.push((p, *offset));
+                    }
+                    Err(_) => return,
+                },
+            }
+        }
+        loop {
+            let listeners: Vec<EventListener> =
+                parts.iter().map(|(p, _)| p.appended.listen()).collect();
+            let ready = parts
+                .iter()
+                .any(|(p, offset)| p.log.borrow().next_offset() > *offset);
+            if ready || self.is_stopping() {
+                return;
+            }
+            let listeners: Vec<runtime::LocalFuture<'_>> = listeners
+                .into_iter()
+                .map(|l| Box::pin(l) as runtime::LocalFuture<'_>)
+                .collect();
+            let woken = futures_lite::future::or(
+                async {
+                    runtime::first_of(listeners).await;
+                    true
+                },
+                async {
+                    self.stopped().await;
+                    false
+                },
+            );
+            if runtime::until(deadline, woken).await != Some(true) {
+                return;
+            }
+        }
+    }
+}
