@@ -24,6 +24,7 @@ pub mod catalog;
 pub mod client;
 #[cfg(feature = "broker")]
 pub mod config;
+pub mod failpoint;
 pub mod protocol;
 pub mod record;
 #[cfg(feature = "broker")]

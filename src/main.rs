@@ -32,7 +32,12 @@ fn main() -> ExitCode {
     };
     // A panic that escapes is reported by the hook above and exits 1, never Rust's 101: the
     // contract allows 0, 1 and 2 only.
-    match std::panic::catch_unwind(|| cli::run(cli)) {
+    match std::panic::catch_unwind(|| {
+        if levee::failpoint::hit("cli-panic") {
+            panic!("failpoint cli-panic");
+        }
+        cli::run(cli)
+    }) {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(e)) => {
             eprintln!("error: {e:#}");

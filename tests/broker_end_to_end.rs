@@ -4,9 +4,7 @@
 mod common;
 
 use std::collections::VecDeque;
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::TestBroker;
@@ -200,27 +198,7 @@ fn given_retention_bytes_when_segments_roll_should_retire_before_the_retention_t
 }
 
 fn levee(broker: &TestBroker, args: &[&str], stdin: &str) -> (i32, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_levee"))
-        .arg("--broker")
-        .arg(broker.addr.to_string())
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    common::levee_cli(broker, args, stdin, &[])
 }
 
 #[test]

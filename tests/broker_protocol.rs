@@ -6,42 +6,11 @@ mod common;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::{Raw, TestBroker};
+use common::{create, one_record, Raw, TestBroker};
 use levee::protocol::{
     self, Acks, ErrorCode, FetchBlock, FetchRequest, ListOffsetsBlock, OffsetSpec, Request,
-    Response, TopicConfig,
+    Response,
 };
-use levee::record::{self, Message};
-
-fn create(raw: &mut Raw, name: &str, partitions: u32) {
-    let (h, _, frame) = raw.call(
-        1,
-        &Request::CreateTopic {
-            name: name.into(),
-            config: TopicConfig {
-                partitions,
-                retention_bytes: None,
-                retention_ms: None,
-            },
-        },
-    );
-    assert_eq!(
-        h.error_code,
-        ErrorCode::None,
-        "{}",
-        protocol::error_message(&frame)
-    );
-}
-
-fn one_record(value: &str) -> Vec<u8> {
-    let mut run = Vec::new();
-    let m = Message {
-        value: value.as_bytes().to_vec(),
-        ..Message::default()
-    };
-    record::encode(&m, &mut run).unwrap();
-    run
-}
 
 #[test]
 fn given_1000_requests_in_flight_on_one_connection_should_match_every_correlation_id() {

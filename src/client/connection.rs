@@ -210,8 +210,9 @@ struct ConnShared {
     frame_bytes_max: usize,
     frames: Arc<Mutex<FrameBuffers>>,
     /// The version each api is sent at, by api key: the newest this build speaks until
-    /// [`Connection::negotiated`] records what the broker answered in ApiVersions.
-    versions: Mutex<[u16; ApiKey::ALL.len()]>,
+    /// [`Connection::negotiated`] records what the broker answered in ApiVersions; `None` for an
+    /// api the broker does not have.
+    versions: Mutex<[Option<u16>; ApiKey::ALL.len()]>,
 }
 
 /// A pipelined connection to one broker listener. Cheap to share behind an `Arc`; dropping the
@@ -282,7 +283,7 @@ impl Connection {
             request_timeout: Duration::from_millis(config.request_timeout_ms),
             frame_bytes_max: config.frame_bytes_max,
             frames: Arc::new(Mutex::new(FrameBuffers::new(FRAME_POOL_BYTES_MAX))),
-            versions: Mutex::new(ApiKey::ALL.map(|k| k.versions().1)),
+            versions: Mutex::new(ApiKey::ALL.map(|k| Some(k.versions().1))),
         });
         let for_reader = shared.clone();
         std::thread::Builder::new()
@@ -299,14 +300,25 @@ impl Connection {
     }
 
     /// Records the versions negotiated with the broker (see [`ApiKey::negotiate`]): every later
-    /// request of `api` is sent at `versions[api as usize]`.
-    pub fn negotiated(&self, versions: [u16; ApiKey::ALL.len()]) {
+    /// request of `api` is sent at `versions[api as usize]`, and one of an api the broker lacks
+    /// (`None`) fails at once with [`ClientError::UnsupportedVersion`].
+    pub fn negotiated(&self, versions: [Option<u16>; ApiKey::ALL.len()]) {
         *lock(&self.shared.versions) = versions;
     }
 
-    /// The version requests of `api` are sent at.
-    pub fn version(&self, api: ApiKey) -> u16 {
+    /// The version requests of `api` are sent at, `None` if the broker does not have it.
+    pub fn version(&self, api: ApiKey) -> Option<u16> {
         lock(&self.shared.versions)[api as usize]
+    }
+
+    fn version_or_fail(&self, api: ApiKey) -> Result<u16, ClientError> {
+        self.version(api)
+            .ok_or_else(|| ClientError::UnsupportedVersion {
+                broker: self.shared.addr.to_string(),
+                api,
+                version: api.versions().1,
+                supported: None,
+            })
     }
 
     /// True once the connection failed or was closed; it never recovers.
@@ -333,7 +345,7 @@ impl Connection {
             Request::Fetch(f) => Duration::from_millis(u64::from(f.max_wait_ms)),
             _ => Duration::ZERO,
         };
-        let version = self.version(request.api_key());
+        let version = self.version_or_fail(request.api_key())?;
         let future = self.send_frame(request.api_key(), true, extra_wait, &[], |out, cid| {
             encode_request_at(out, version, cid, request).map(|()| Vec::new())
         })?;
@@ -353,7 +365,7 @@ impl Connection {
         let expect_response = acks != Acks::None;
         let extra_wait = Duration::from_millis(u64::from(timeout_ms));
         let runs: Vec<&[u8]> = blocks.iter().map(|&(_, _, run)| run).collect();
-        let version = self.version(ApiKey::Produce);
+        let version = self.version_or_fail(ApiKey::Produce)?;
         self.send_frame(
             ApiKey::Produce,
             expect_response,

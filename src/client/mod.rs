@@ -900,14 +900,14 @@ impl Client {
         };
         // Per api: the newest version both sides speak. An api the broker lacks (an older broker)
         // fails only when it is used, with the broker's answer; the ones it has keep working.
-        let mut versions = ApiKey::ALL.map(|k| k.versions().1);
+        let mut versions = [None; ApiKey::ALL.len()];
         for key in ApiKey::ALL {
             let supported = apis
                 .iter()
                 .find(|(k, _, _)| *k == key as u16)
                 .map(|&(_, min, max)| (min, max));
             match supported.map(|range| (range, key.negotiate(range))) {
-                Some((_, Some(v))) => versions[key as usize] = v,
+                Some((_, Some(v))) => versions[key as usize] = Some(v),
                 Some((range, None)) => {
                     // Both sides know the api but share no version: nothing of it can work.
                     return Err(ClientError::UnsupportedVersion {

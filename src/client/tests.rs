@@ -46,6 +46,7 @@ impl FakeConn {
 #[derive(Debug, Clone)]
 struct Logged {
     request: Request,
+    version: u16,
     records_per_block: Vec<usize>,
 }
 
@@ -56,6 +57,11 @@ struct FakeBroker {
     log: Arc<Mutex<Vec<Logged>>>,
 }
 
+/// `(api_key, min, max)` a fake broker advertises: every api at version 0, as a first broker.
+fn v0_apis() -> Vec<(u16, u16, u16)> {
+    ApiKey::ALL.iter().map(|&k| (k as u16, 0, 0)).collect()
+}
+
 impl FakeBroker {
     /// Starts a fake broker whose topics are `(name, partitions)`, every partition on shard 0,
     /// which listens on the same port as the bootstrap address.
@@ -63,6 +69,16 @@ impl FakeBroker {
         topics: &[(&str, u32)],
         handler: impl Fn(&mut FakeConn, RequestHeader, &Request, &[u8]) -> Flow + Send + Sync + 'static,
     ) -> FakeBroker {
+        Self::start_with_apis(topics, v0_apis(), handler)
+    }
+
+    /// As [`FakeBroker::start`], advertising `apis` in ApiVersions.
+    fn start_with_apis(
+        topics: &[(&str, u32)],
+        apis: Vec<(u16, u16, u16)>,
+        handler: impl Fn(&mut FakeConn, RequestHeader, &Request, &[u8]) -> Flow + Send + Sync + 'static,
+    ) -> FakeBroker {
+        let apis = Arc::new(apis);
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local addr");
         let topics: Arc<Vec<(String, u32)>> =
@@ -73,8 +89,13 @@ impl FakeBroker {
         thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { return };
-                let (topics, handler, log) = (topics.clone(), handler.clone(), for_accept.clone());
-                thread::spawn(move || serve(stream, addr.port(), &topics, &*handler, &log));
+                let (topics, handler, log, apis) = (
+                    topics.clone(),
+                    handler.clone(),
+                    for_accept.clone(),
+                    apis.clone(),
+                );
+                thread::spawn(move || serve(stream, addr.port(), &topics, &apis, &*handler, &log));
             }
         });
         FakeBroker { addr, log }
@@ -115,6 +136,7 @@ fn serve(
     stream: TcpStream,
     port: u16,
     topics: &[(String, u32)],
+    apis: &[(u16, u16, u16)],
     handler: &Handler,
     log: &Mutex<Vec<Logged>>,
 ) {
@@ -157,15 +179,15 @@ fn serve(
         };
         lock(log).push(Logged {
             request: request.clone(),
+            version: header.api_version,
             records_per_block,
         });
         let cid = header.correlation_id;
         let mut out = Vec::new();
         match &request {
             Request::ApiVersions { .. } => {
-                let apis = ApiKey::ALL.iter().map(|&k| (k as u16, 0, 0)).collect();
                 let body = Response::ApiVersions {
-                    apis,
+                    apis: apis.to_vec(),
                     broker: "fake 0".into(),
                 };
                 encode_response(&mut out, ApiKey::ApiVersions, cid, &body).unwrap();
@@ -900,4 +922,80 @@ fn given_several_blocks_when_producing_should_send_each_run_intact_from_the_call
     // The fake broker's first request gets correlation id 1 on a fresh connection.
     crate::protocol::encode_produce(&mut expected, 1, Acks::None, 1234, &blocks).unwrap();
     assert_eq!(lock(&seen).as_slice(), &[expected]);
+}
+
+#[test]
+fn given_an_older_broker_when_negotiating_should_use_its_versions_and_fail_only_apis_it_lacks() {
+    // An older broker: everything at version 0, and no ListOffsets at all.
+    let apis: Vec<(u16, u16, u16)> = v0_apis()
+        .into_iter()
+        .filter(|&(k, _, _)| k != ApiKey::ListOffsets as u16)
+        .collect();
+    let broker = FakeBroker::start_with_apis(&[("t", 1)], apis, |conn, header, request, _| {
+        if let Request::Produce(_) = request {
+            conn.send(&produce_reply(
+                header.correlation_id,
+                "t",
+                0,
+                ErrorCode::None,
+                7,
+            ));
+        }
+        Flow::Continue
+    });
+    let client = Client::connect(&broker.addr(), test_config()).unwrap();
+    let outcome = client
+        .produce_run("t", 0, &stored_run(0..1), Acks::Written)
+        .unwrap();
+    assert_eq!(outcome.map(|o| o.base_offset), Some(7));
+    let e = client.list_offsets("t", 0, OffsetSpec::Latest).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ClientError::UnsupportedVersion {
+                api: ApiKey::ListOffsets,
+                supported: None,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    // Every request went out at the version the broker speaks, and no ListOffsets was sent.
+    let logged = broker.logged();
+    assert!(logged.iter().all(|l| l.version == 0), "{logged:?}");
+    assert!(!logged
+        .iter()
+        .any(|l| matches!(l.request, Request::ListOffsets(_))));
+}
+
+#[test]
+fn given_a_broker_with_version_1_when_negotiating_should_send_version_1() {
+    let apis: Vec<(u16, u16, u16)> = ApiKey::ALL
+        .iter()
+        .map(|&k| (k as u16, 0, k.versions().1))
+        .collect();
+    let broker = FakeBroker::start_with_apis(&[("t", 1)], apis, |conn, header, request, _| {
+        if let Request::Produce(_) = request {
+            conn.send(&produce_reply(
+                header.correlation_id,
+                "t",
+                0,
+                ErrorCode::None,
+                0,
+            ));
+        }
+        Flow::Continue
+    });
+    let client = Client::connect(&broker.addr(), test_config()).unwrap();
+    client
+        .produce_run("t", 0, &stored_run(0..1), Acks::Written)
+        .unwrap();
+    let versions: Vec<(ApiKey, u16)> = broker
+        .logged()
+        .iter()
+        .map(|l| (l.request.api_key(), l.version))
+        .collect();
+    assert!(versions.contains(&(ApiKey::Produce, 1)), "{versions:?}");
+    assert!(versions.contains(&(ApiKey::Metadata, 1)), "{versions:?}");
+    assert!(versions.contains(&(ApiKey::ApiVersions, 0)), "{versions:?}");
 }

@@ -52,7 +52,7 @@ const RECV_BIG_RELEASE: Duration = Duration::from_millis(200);
 /// Frames at least this large are read straight into their own buffer.
 const LARGE_FRAME_BYTES: usize = 64 << 10;
 /// A large frame's buffer starts at this size (or the frame's, if smaller) and doubles.
-const FRAME_CHUNK_BYTES: usize = 256 << 10;
+const FRAME_CHUNK_BYTES: usize = 64 << 10;
 /// Coalesce queued small responses up to this many bytes per write.
 const WRITE_BATCH_BYTES: usize = 256 << 10;
 /// Bytes of frame buffers kept for reuse per connection.
@@ -473,6 +473,12 @@ impl<I: Io> Ctx<'_, I> {
         deadline: Instant,
         read: impl std::future::Future<Output = std::io::Result<usize>>,
     ) -> Result<usize, Stop> {
+        let mut read = std::pin::pin!(read);
+        // Bytes already waiting in the socket: no timer or shutdown listener to set up. This is
+        // the common case while a client streams (a read costs a non-blocking recv first).
+        if let Some(done) = future::poll_once(read.as_mut()).await {
+            return done.map_err(Stop::Io);
+        }
         match self.until_shutdown(runtime::until(deadline, read)).await {
             None => Err(Stop::Shutdown),
             Some(None) => Err(Stop::Timeout("read")),

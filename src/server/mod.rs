@@ -119,6 +119,8 @@ pub(crate) struct Shared {
     pub stats: Vec<Arc<Stats>>,
     pub shard_addrs: OnceLock<Vec<SocketAddr>>,
     pub shutdown: Shutdown,
+    /// Failpoint `shard-panic` (see [`crate::failpoint`]): a shard's main task panics.
+    pub failpoint_shard_panic: Event,
 }
 
 /// A running broker.
@@ -232,6 +234,7 @@ impl Broker {
                 event: Event::new(),
                 draining: AtomicUsize::new(n as usize),
             },
+            failpoint_shard_panic: Event::new(),
         });
         let cpus = std::thread::available_parallelism().map_or(1, |c| c.get());
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -413,7 +416,21 @@ async fn run_shard<I: Io>(
     let _ = ready.send(Ok(report));
     drop(ready);
 
-    shared.shutdown.wait().await;
+    let failpoint = shared.failpoint_shard_panic.listen();
+    let failed = futures_lite::future::or(
+        async {
+            shared.shutdown.wait().await;
+            false
+        },
+        async {
+            failpoint.await;
+            true
+        },
+    )
+    .await;
+    if failed {
+        panic!("failpoint shard-panic on shard {id}");
+    }
     // Stop accepting; answer long polls now; connections finish what they started and close.
     drop(tasks);
     shard.stop();

@@ -99,12 +99,23 @@ pub(super) async fn fetch<I: Io>(
         let reads = read_all(req, shard, &f, &groups, budget).await;
         let available: usize = reads.iter().map(BlockRead::len).sum();
         let has_error = reads.iter().any(|r| r.error != ErrorCode::None);
-        if available >= min_bytes || has_error || Instant::now() >= deadline || shard.is_stopping()
+        // A full budget is as much as can be sent, whatever min_bytes says.
+        if available >= min_bytes.min(budget)
+            || has_error
+            || Instant::now() >= deadline
+            || shard.is_stopping()
         {
             break reads;
         }
+        // Wait for records past what this read saw, not for the ones it already has.
+        let seen: Vec<u64> = f
+            .blocks
+            .iter()
+            .zip(&reads)
+            .map(|(b, r)| r.slice.as_ref().map_or(b.offset, |s| s.next_offset))
+            .collect();
         drop(reads);
-        wait_for_data(shard, &f, &groups, deadline).await;
+        wait_for_data(shard, &f, &groups, &seen, deadline).await;
     };
     let mut results = Vec::with_capacity(reads.len());
     let mut slices = Vec::with_capacity(reads.len());
@@ -200,11 +211,13 @@ async fn read_all<I: Io>(
         .collect()
 }
 
-/// Waits until any block's partition has new records, `deadline` passes, or the broker stops.
+/// Waits until any block's partition has records past `seen` (by block), `deadline` passes, or
+/// the broker stops.
 async fn wait_for_data<I: Io>(
     shard: &Rc<Shard<I>>,
     f: &FetchRequest,
     groups: &[(ShardId, Vec<usize>)],
+    seen: &[u64],
     deadline: Instant,
 ) {
     let waits: Vec<runtime::LocalFuture<'_>> = groups
@@ -214,7 +227,7 @@ async fn wait_for_data<I: Io>(
                 .iter()
                 .map(|&i| {
                     let b = &f.blocks[i];
-                    (b.topic.clone(), b.partition, b.offset)
+                    (b.topic.clone(), b.partition, seen[i])
                 })
                 .collect();
             let wait = shard.on_owner(*owner, move |s| {

@@ -97,6 +97,14 @@ pub(crate) async fn handle<I: Io>(
         version: header.api_version,
         cid: header.correlation_id,
     };
+    if crate::failpoint::hit("request-panic") && req.key == ApiKey::DescribeTopic {
+        panic!("failpoint request-panic");
+    }
+    if crate::failpoint::hit("shard-panic") && req.key == ApiKey::DescribeTopic {
+        // Makes the shard's main task panic, outside every request and operation task: the
+        // shard's thread dies, as it would on a bug there.
+        shared.failpoint_shard_panic.notify(usize::MAX);
+    }
     match request {
         Request::ApiVersions { client_id } => Some(admin::api_versions(req, session, &client_id)),
         Request::Metadata { topics } => Some(admin::metadata(req, shard, shared, &topics)),
