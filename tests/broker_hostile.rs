@@ -72,8 +72,14 @@ impl Probe {
         self.cid += 2;
         let mut out = Vec::new();
         let run = one_record("probe");
-        protocol::encode_produce(&mut out, self.cid, Acks::Written, 5000, &[("probe", 0, &run)])
-            .unwrap();
+        protocol::encode_produce(
+            &mut out,
+            self.cid,
+            Acks::Written,
+            5000,
+            &[("probe", 0, &run)],
+        )
+        .unwrap();
         self.raw.send(&out);
         let frame = self.raw.recv().expect("produce response");
         let (_, body) = protocol::decode_response(&frame).unwrap();
@@ -202,7 +208,12 @@ fn given_hostile_clients_when_attacking_should_keep_serving_others_within_memory
     );
     assert_eq!(h.error_code, ErrorCode::None);
     assert!(frame.len() <= protocol::FRAME_SIZE_MAX);
-    check("a 4,500-block fetch of u32::MAX bytes each", &broker, &mut probe, before);
+    check(
+        "a 4,500-block fetch of u32::MAX bytes each",
+        &broker,
+        &mut probe,
+        before,
+    );
 
     // 2. Connections that send only a header claiming a 64 MiB frame: 16, then 300, held open.
     let mut claimers = Vec::new();
@@ -237,7 +248,8 @@ fn given_hostile_clients_when_attacking_should_keep_serving_others_within_memory
 
     // 4. A client that never reads its responses: 3,000 pipelined 1 MiB fetches, unread.
     let mut deaf = TcpStream::connect(broker.addr).unwrap();
-    deaf.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+    deaf.set_write_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
     let fetch = |cid| {
         encode(
             cid,
@@ -263,7 +275,12 @@ fn given_hostile_clients_when_attacking_should_keep_serving_others_within_memory
     }
     std::thread::sleep(Duration::from_millis(500));
     assert!(sent > 0);
-    check("a client that never reads its responses", &broker, &mut probe, before);
+    check(
+        "a client that never reads its responses",
+        &broker,
+        &mut probe,
+        before,
+    );
     drop(deaf);
 
     // 5. A topic of 4,096 partitions, described at once; then create/delete while probing.
@@ -280,11 +297,21 @@ fn given_hostile_clients_when_attacking_should_keep_serving_others_within_memory
     );
     assert_eq!(h.error_code, ErrorCode::None);
     let started = Instant::now();
-    let (h, body, _) = raw.call(12, &Request::DescribeTopic { name: "wide".into() });
+    let (h, body, _) = raw.call(
+        12,
+        &Request::DescribeTopic {
+            name: "wide".into(),
+        },
+    );
     assert_eq!(h.error_code, ErrorCode::None);
-    assert!(matches!(body, Some(Response::DescribeTopic { partitions, .. }) if partitions.len() == 4096));
+    assert!(
+        matches!(body, Some(Response::DescribeTopic { partitions, .. }) if partitions.len() == 4096)
+    );
     let described_in = started.elapsed();
-    assert!(described_in < Duration::from_secs(5), "DescribeTopic took {described_in:?}");
+    assert!(
+        described_in < Duration::from_secs(5),
+        "DescribeTopic took {described_in:?}"
+    );
     let addr = broker.addr;
     let storm = std::thread::spawn(move || {
         let mut admin = Raw::connect(addr);
@@ -326,7 +353,12 @@ fn given_hostile_clients_when_attacking_should_keep_serving_others_within_memory
     );
     assert_eq!(h.error_code, ErrorCode::LimitExceeded);
     assert!(started.elapsed() < Duration::from_secs(5));
-    check("a Metadata request naming 1,000,000 topics", &broker, &mut probe, before);
+    check(
+        "a Metadata request naming 1,000,000 topics",
+        &broker,
+        &mut probe,
+        before,
+    );
 
     // A 100,000-block long-poll Fetch, several of them waiting at once.
     let mut pollers = Vec::new();
@@ -361,7 +393,10 @@ fn given_hostile_clients_when_attacking_should_keep_serving_others_within_memory
 
     // 10,000 idle connections, held open.
     let limit = raise_open_files();
-    assert!(limit > 10_100, "the test needs 10 100 open files, has {limit}");
+    assert!(
+        limit > 10_100,
+        "the test needs 10 100 open files, has {limit}"
+    );
     let idle: Vec<TcpStream> = (0..10_000)
         .map(|_| TcpStream::connect(broker.addr).expect("idle connection"))
         .collect();
@@ -375,8 +410,12 @@ fn garbage_frame() -> impl Strategy<Value = Vec<u8>> {
         // Anything at all.
         proptest::collection::vec(any::<u8>(), 0..512),
         // A delimited frame of a known api with a random body.
-        (0u16..12, 0u16..3, proptest::collection::vec(any::<u8>(), 0..400)).prop_map(
-            |(key, version, body)| {
+        (
+            0u16..12,
+            0u16..3,
+            proptest::collection::vec(any::<u8>(), 0..400)
+        )
+            .prop_map(|(key, version, body)| {
                 let mut f = Vec::new();
                 f.extend_from_slice(&((12 + body.len()) as u32).to_le_bytes());
                 f.extend_from_slice(&key.to_le_bytes());
@@ -385,8 +424,7 @@ fn garbage_frame() -> impl Strategy<Value = Vec<u8>> {
                 f.extend_from_slice(&0u32.to_le_bytes());
                 f.extend_from_slice(&body);
                 f
-            }
-        ),
+            }),
     ]
 }
 
@@ -407,7 +445,8 @@ fn given_random_garbage_frames_when_sent_should_answer_or_close_and_keep_serving
             &proptest::collection::vec(garbage_frame(), 1..6),
             |frames| {
                 let mut s = TcpStream::connect(addr).unwrap();
-                s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+                s.set_read_timeout(Some(Duration::from_millis(300)))
+                    .unwrap();
                 for f in &frames {
                     if s.write_all(f).is_err() {
                         break;

@@ -95,7 +95,11 @@ fn read_all(client: &Client) -> BTreeMap<(u32, u64), Vec<u8>> {
     out
 }
 
-fn check(stored: &BTreeMap<(u32, u64), Vec<u8>>, owed: &BTreeMap<(u32, u64), Vec<u8>>, cycle: usize) {
+fn check(
+    stored: &BTreeMap<(u32, u64), Vec<u8>>,
+    owed: &BTreeMap<(u32, u64), Vec<u8>>,
+    cycle: usize,
+) {
     for (key, value) in owed {
         assert_eq!(
             stored.get(key),
@@ -167,7 +171,11 @@ fn given_durable_acks_when_power_is_cut_at_random_should_read_back_every_acked_r
     let broker = Broker::start_with_io(config(dir.path()), io).expect("final restart");
     let client = Client::connect(&broker.listen.to_string(), ClientConfig::default()).unwrap();
     check(&read_all(&client), &owed, CYCLES);
-    assert!(owed.len() > 100, "the test produced too little: {}", owed.len());
+    assert!(
+        owed.len() > 100,
+        "the test produced too little: {}",
+        owed.len()
+    );
     broker.shutdown();
     broker.join();
 }

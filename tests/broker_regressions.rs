@@ -493,3 +493,24 @@ fn given_a_frame_trickling_in_when_it_takes_too_long_should_close_the_connection
     );
     assert!(started.elapsed() < Duration::from_secs(9));
 }
+
+// Item 15: README.md, tuning.md and loadtest/README.md sent readers to files outside the
+// repository; everything a user needs must be in it.
+#[test]
+fn given_the_user_docs_when_read_should_not_point_outside_the_repository() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut docs = vec![
+        format!("{root}/README.md"),
+        format!("{root}/tuning.md"),
+        format!("{root}/loadtest/README.md"),
+    ];
+    for e in std::fs::read_dir(format!("{root}/docs")).unwrap() {
+        docs.push(e.unwrap().path().display().to_string());
+    }
+    for doc in docs {
+        let text = std::fs::read_to_string(&doc).unwrap();
+        for outside in ["../shared", "/work/", "NOTES.md", "CONTRACT.md"] {
+            assert!(!text.contains(outside), "{doc} points to {outside}");
+        }
+    }
+}

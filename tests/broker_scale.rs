@@ -66,9 +66,18 @@ fn given_10000_partitions_when_restarting_and_producing_should_stay_fast_and_sma
                 },
             },
         );
-        assert_eq!(h.error_code, ErrorCode::None, "{}", protocol::error_message(&frame));
+        assert_eq!(
+            h.error_code,
+            ErrorCode::None,
+            "{}",
+            protocol::error_message(&frame)
+        );
     }
-    eprintln!("created {} partitions in {:?}", TOPICS * PARTITIONS, started.elapsed());
+    eprintln!(
+        "created {} partitions in {:?}",
+        TOPICS * PARTITIONS,
+        started.elapsed()
+    );
     let started = Instant::now();
     produce_everywhere(&mut raw, 0);
     eprintln!("first produce to every partition: {:?}", started.elapsed());
@@ -87,7 +96,10 @@ fn given_10000_partitions_when_restarting_and_producing_should_stay_fast_and_sma
     let mut raw = Raw::connect(broker.addr);
     let started = Instant::now();
     produce_everywhere(&mut raw, 1);
-    eprintln!("produce to every partition after the restart: {:?}", started.elapsed());
+    eprintln!(
+        "produce to every partition after the restart: {:?}",
+        started.elapsed()
+    );
     let (rss, threads) = report("all partitions open again", &broker);
     assert!(rss <= 1 << 30);
     assert!(threads <= SHARDS + 16, "{threads} threads");
@@ -109,5 +121,7 @@ fn given_10000_partitions_when_restarting_and_producing_should_stay_fast_and_sma
     let Some(Response::ListOffsets(r)) = body else {
         panic!("list offsets")
     };
-    assert!(r.iter().all(|r| r.error == ErrorCode::None && r.offset == 2));
+    assert!(r
+        .iter()
+        .all(|r| r.error == ErrorCode::None && r.offset == 2));
 }

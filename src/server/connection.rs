@@ -37,6 +37,7 @@ use futures_lite::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use rkyv::util::AlignedVec;
 
 use super::budget::Charge;
+use super::response::Outgoing;
 use super::{handler, Session, Shared};
 use crate::protocol::{self, DecodeError, ErrorCode, FrameBuffers, HEADER_LEN};
 use crate::runtime::{self, TcpListener, TcpStream};
@@ -63,29 +64,6 @@ pub(crate) const CONNECTION_FIXED_BYTES: usize = 16 << 10;
 /// How long a connection over `connections_max` may take to send the header the `Busy` answer
 /// echoes.
 const BUSY_HEADER_WAIT: Duration = Duration::from_secs(1);
-
-/// A response ready to be written.
-pub(crate) enum Outgoing<M: SegmentMap> {
-    /// A whole frame.
-    Frame(Vec<u8>),
-    /// A Fetch response: `head` with the record runs spliced in at `splits` (see
-    /// `protocol::encode_fetch_response`).
-    Fetch {
-        head: Vec<u8>,
-        splits: Vec<usize>,
-        slices: Vec<Option<Slice<M>>>,
-    },
-}
-
-impl<M: SegmentMap> Outgoing<M> {
-    /// Anonymous memory it holds (record runs are mapped segment pages: page cache, not charged).
-    fn heap_bytes(&self) -> usize {
-        match self {
-            Outgoing::Frame(f) => f.capacity(),
-            Outgoing::Fetch { head, splits, .. } => head.capacity() + splits.capacity() * 8,
-        }
-    }
-}
 
 /// A request frame in an aligned buffer of its own, and the memory charged for it.
 struct Frame {

@@ -23,6 +23,7 @@ mod budget;
 mod connection;
 mod handler;
 mod metrics;
+mod response;
 mod session;
 
 use std::net::SocketAddr;

@@ -13,7 +13,7 @@ use crate::protocol::{
     ApiKey, ErrorCode, PartitionDescription, Response, ShardAddr, TopicConfig, TopicMetadata,
 };
 use crate::runtime;
-use crate::server::connection::Outgoing;
+use crate::server::response::Outgoing;
 use crate::server::{Session, Shared};
 use crate::shard::Shard;
 use crate::storage::{Io, SegmentMap};

@@ -19,7 +19,7 @@ use super::{by_owner, shard_code, Req};
 use crate::protocol::{ErrorCode, FetchRequest, FetchResult, FRAME_SIZE_MAX, HEADER_LEN};
 use crate::record::{record_len, ARCHIVE_LEN_MAX};
 use crate::runtime;
-use crate::server::connection::Outgoing;
+use crate::server::response::Outgoing;
 use crate::server::Shared;
 use crate::shard::{Shard, ShardError, ShardId};
 use crate::storage::{Io, SegmentMap, Slice, StorageError};

@@ -20,7 +20,7 @@ mod produce;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use super::connection::Outgoing;
+use super::response::Outgoing;
 use super::{Session, Shared};
 use crate::catalog::CatalogError;
 use crate::protocol::{

@@ -14,7 +14,7 @@ use rkyv::util::AlignedVec;
 use super::{by_owner, shard_code, Req};
 use crate::protocol::{Acks, ErrorCode, ProduceRequest, ProduceResult, Response};
 use crate::runtime;
-use crate::server::connection::Outgoing;
+use crate::server::response::Outgoing;
 use crate::server::Shared;
 use crate::shard::{AckLevel, Appending, Shard, ShardError};
 use crate::storage::{Appended, Io};
