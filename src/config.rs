@@ -591,6 +591,58 @@ mod tests {
     }
 
     #[test]
+    fn given_bounds_that_contradict_each_other_when_validated_should_name_the_key() {
+        let refused = |layer: ConfigLayer| match layer.resolve() {
+            Err(ConfigError::Invalid { key, .. }) => key,
+            other => panic!("accepted: {other:?}"),
+        };
+        let base = ConfigLayer::default;
+        assert_eq!(
+            refused(ConfigLayer {
+                connection_bytes_max: Some(1 << 20),
+                ..base()
+            }),
+            "connection_bytes_max"
+        );
+        assert_eq!(
+            refused(ConfigLayer {
+                memory_bytes_max: Some(1 << 20),
+                ..base()
+            }),
+            "memory_bytes_max"
+        );
+        assert_eq!(
+            refused(ConfigLayer {
+                fetch_bytes_max: Some(1024),
+                ..base()
+            }),
+            "fetch_bytes_max"
+        );
+        assert_eq!(
+            refused(ConfigLayer {
+                frame_bytes_max: Some(128 << 20),
+                ..base()
+            }),
+            "frame_bytes_max"
+        );
+        assert_eq!(
+            refused(ConfigLayer {
+                flush_threads: Some(0),
+                ..base()
+            }),
+            "flush_threads"
+        );
+        let c = ConfigLayer {
+            retention_bytes: Some(u64::MAX),
+            retention_ms: Some(0),
+            ..base()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!((c.retention_bytes, c.retention_ms), (None, None));
+    }
+
+    #[test]
     fn given_inconsistent_sizes_when_validated_should_refuse() {
         let layer = ConfigLayer {
             segment_bytes: Some(4096),

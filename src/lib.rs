@@ -4,17 +4,29 @@
 //! # Architecture
 //!
 //! ```text
-//!   protocol  sans-IO frames: requests, responses, error codes (no sockets, no runtime)
+//!   protocol  sans-IO frames: requests, responses, error codes, versions (no sockets, no runtime)
 //!   record    the unit of data: a 32-byte header + one rkyv archive, identical on wire and disk
+//!   client    the Rust client library: connections, producer, consumer (protocol + record only)
 //!     │
-//!   storage   partition logs: memory-mapped segments, sparse indexes, group commit, recovery
+//!   storage   partition logs: memory-mapped segments, sparse indexes, recovery, the Io seam,
+//!     │       FlushPool (group commit and segment preparation on threads shared by every log)
+//!   catalog   topics on disk; immutable snapshots for readers, serialized writers
+//!     │
+//!   shard     Shard<I: Io>: the partitions one core owns, typed operations, `on_owner` (the hop)
+//!     │
+//!   server    listeners, sessions, connections under a memory budget, handlers (wire <-> shard),
+//!             metrics and health, lifecycle (start, graceful shutdown, fail-stop)
+//!   runtime   the only module that names glommio: spawn, timers, sockets, blocking work
+//!   config    flags > env > TOML > defaults, validated once; failpoint: test-only failures
 //! ```
 //!
-//! Dependencies point one way, downwards in the picture: `record` imports nothing of Levee and no
-//! runtime, so a client (built with `--no-default-features`) and the fuzzers compile it alone;
-//! `storage` (feature `broker`) builds on `record` and never touches the network or the runtime.
+//! Dependencies point one way, downwards in the picture: `record` and `protocol` import nothing
+//! of Levee's storage and no runtime, so a client (built with `--no-default-features`) and the
+//! fuzzers compile them alone; `storage` (feature `broker`) never touches the network or the
+//! runtime; `shard` speaks domain types, never wire types; `server` translates.
 //!
-//! See docs/storage.md for the on-disk formats and tuning.md for every knob.
+//! docs/architecture.md draws the produce and fetch paths from socket to segment, docs/protocol.md
+//! every frame, docs/storage.md the on-disk formats, and tuning.md every knob.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
