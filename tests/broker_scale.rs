@@ -9,10 +9,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{one_record, Raw, TestBroker};
-use levee::protocol::{
-    self, Acks, ErrorCode, ListOffsetsBlock, OffsetSpec, Request, Response, TopicConfig,
-};
+use common::{create, one_record, Raw, TestBroker};
+use levee::protocol::{self, Acks, ErrorCode, ListOffsetsBlock, OffsetSpec, Request, Response};
 
 const TOPICS: u32 = 100;
 const PARTITIONS: u32 = 100;
@@ -55,23 +53,7 @@ fn given_10000_partitions_when_restarting_and_producing_should_stay_fast_and_sma
     let mut raw = Raw::connect(broker.addr);
     let started = Instant::now();
     for t in 0..TOPICS {
-        let (h, _, frame) = raw.call(
-            t,
-            &Request::CreateTopic {
-                name: format!("t{t:03}"),
-                config: TopicConfig {
-                    partitions: PARTITIONS,
-                    retention_bytes: None,
-                    retention_ms: None,
-                },
-            },
-        );
-        assert_eq!(
-            h.error_code,
-            ErrorCode::None,
-            "{}",
-            protocol::error_message(&frame)
-        );
+        create(&mut raw, &format!("t{t:03}"), PARTITIONS);
     }
     eprintln!(
         "created {} partitions in {:?}",

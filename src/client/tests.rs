@@ -924,6 +924,19 @@ fn given_several_blocks_when_producing_should_send_each_run_intact_from_the_call
     assert_eq!(lock(&seen).as_slice(), &[expected]);
 }
 
+/// A handler that acknowledges every Produce to `t`/0 at `base_offset`.
+fn acking_produces(
+    base_offset: u64,
+) -> impl Fn(&mut FakeConn, RequestHeader, &Request, &[u8]) -> Flow + Send + Sync + 'static {
+    move |conn, header, request, _| {
+        if let Request::Produce(_) = request {
+            let reply = produce_reply(header.correlation_id, "t", 0, ErrorCode::None, base_offset);
+            conn.send(&reply);
+        }
+        Flow::Continue
+    }
+}
+
 #[test]
 fn given_an_older_broker_when_negotiating_should_use_its_versions_and_fail_only_apis_it_lacks() {
     // An older broker: everything at version 0, and no ListOffsets at all.
@@ -931,18 +944,7 @@ fn given_an_older_broker_when_negotiating_should_use_its_versions_and_fail_only_
         .into_iter()
         .filter(|&(k, _, _)| k != ApiKey::ListOffsets as u16)
         .collect();
-    let broker = FakeBroker::start_with_apis(&[("t", 1)], apis, |conn, header, request, _| {
-        if let Request::Produce(_) = request {
-            conn.send(&produce_reply(
-                header.correlation_id,
-                "t",
-                0,
-                ErrorCode::None,
-                7,
-            ));
-        }
-        Flow::Continue
-    });
+    let broker = FakeBroker::start_with_apis(&[("t", 1)], apis, acking_produces(7));
     let client = Client::connect(&broker.addr(), test_config()).unwrap();
     let outcome = client
         .produce_run("t", 0, &stored_run(0..1), Acks::Written)
@@ -974,18 +976,7 @@ fn given_a_broker_with_version_1_when_negotiating_should_send_version_1() {
         .iter()
         .map(|&k| (k as u16, 0, k.versions().1))
         .collect();
-    let broker = FakeBroker::start_with_apis(&[("t", 1)], apis, |conn, header, request, _| {
-        if let Request::Produce(_) = request {
-            conn.send(&produce_reply(
-                header.correlation_id,
-                "t",
-                0,
-                ErrorCode::None,
-                0,
-            ));
-        }
-        Flow::Continue
-    });
+    let broker = FakeBroker::start_with_apis(&[("t", 1)], apis, acking_produces(0));
     let client = Client::connect(&broker.addr(), test_config()).unwrap();
     client
         .produce_run("t", 0, &stored_run(0..1), Acks::Written)

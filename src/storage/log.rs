@@ -444,16 +444,10 @@ impl<I: Io> Log<I> {
             .min(segment_bytes);
         assert!(len >= active.len + needed, "grown past the segment limit");
         let path = active.path.clone();
-        let bigger = Arc::new(io.open(&path, Some(len)).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::StorageFull {
-                StorageError::NoSpace {
-                    path: path.clone(),
-                    bytes: len,
-                }
-            } else {
-                StorageError::io("grow segment", &path, e)
-            }
-        })?);
+        let bigger = Arc::new(
+            io.open(&path, Some(len))
+                .map_err(|e| reserve_error("grow segment", &path, len, e))?,
+        );
         // Slices of the old mapping stay valid: the file only grew, and bytes before `len` never
         // change. The flusher flushes the file through the new mapping from now on.
         let old = std::mem::replace(&mut active.map, bigger);
@@ -492,16 +486,7 @@ impl<I: Io> Log<I> {
             // The job failed or was lost: try once more here, so a transient error does not stick.
             Some(Ok(Err(_))) | Some(Err(_)) | None => (self.preparation())(),
         };
-        made.map_err(|e| {
-            if e.kind() == std::io::ErrorKind::StorageFull {
-                StorageError::NoSpace {
-                    path: prepared.clone(),
-                    bytes: len,
-                }
-            } else {
-                StorageError::io("reserve segment", &prepared, e)
-            }
-        })
+        made.map_err(|e| reserve_error("reserve segment", &prepared, len, e))
     }
 
     /// Seals the active segment and starts a new one at the log end.
@@ -831,6 +816,18 @@ impl<I: Io> Log<I> {
             .write_file(&path, &bytes)
             .map_err(|e| StorageError::io("write checkpoint", &path, e))?;
         Ok(())
+    }
+}
+
+/// A failed reservation: `NoSpace` when the disk is full (nothing was written), else the I/O error.
+fn reserve_error(op: &'static str, path: &Path, bytes: usize, e: std::io::Error) -> StorageError {
+    if e.kind() == std::io::ErrorKind::StorageFull {
+        StorageError::NoSpace {
+            path: path.to_owned(),
+            bytes,
+        }
+    } else {
+        StorageError::io(op, path, e)
     }
 }
 
