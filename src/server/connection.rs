@@ -316,6 +316,8 @@ async fn serve<I: Io>(stream: TcpStream, shard: Rc<Shard<I>>, shared: Arc<Shared
     let pool = Rc::new(RefCell::new(FrameBuffers::<Charge>::new(
         FRAME_POOL_BYTES_MAX,
     )));
+    let alarm = Rc::new(Alarm::new());
+    let watcher = runtime::spawn(watch(alarm.clone(), shared.clone()));
     let ctx = Ctx {
         shard: &shard,
         shared: &shared,
@@ -323,8 +325,10 @@ async fn serve<I: Io>(stream: TcpStream, shard: Rc<Shard<I>>, shared: Arc<Shared
         conn: &conn,
         pool: &pool,
         limits: &limits,
+        alarm: &alarm,
     };
     let stop = ctx.read_loop(&mut rd).await;
+    drop(watcher);
     match &stop {
         Stop::Eof | Stop::Shutdown => {}
         other => {
@@ -347,6 +351,74 @@ struct Ctx<'a, I: Io> {
     conn: &'a Rc<Conn<I::Map>>,
     pool: &'a Rc<RefCell<FrameBuffers<Charge>>>,
     limits: &'a Limits,
+    alarm: &'a Rc<Alarm>,
+}
+
+/// A connection's read deadline, watched by one timer task for the life of the connection
+/// ([`watch`]) rather than a timer set up for every read that has to wait: the reader moves the
+/// deadline with a store and waits on `rung`, which the watcher notifies when the deadline passes
+/// or the broker shuts down.
+struct Alarm {
+    deadline: Cell<Instant>,
+    /// The deadline moved earlier (or was renewed after ringing): the watcher re-arms.
+    moved: Event,
+    rung: Event,
+}
+
+impl Alarm {
+    fn new() -> Alarm {
+        Alarm {
+            deadline: Cell::new(Instant::now() + Duration::from_secs(3600)),
+            moved: Event::new(),
+            rung: Event::new(),
+        }
+    }
+
+    fn set(&self, deadline: Instant) {
+        let old = self.deadline.replace(deadline);
+        // A later deadline needs nothing: the watcher wakes at the old one and sleeps again.
+        if deadline < old || old <= Instant::now() {
+            self.moved.notify(usize::MAX);
+        }
+    }
+}
+
+/// Rings `alarm` when its deadline passes (until it is moved again) or when the broker shuts down.
+async fn watch(alarm: Rc<Alarm>, shared: Arc<Shared>) {
+    loop {
+        let moved = alarm.moved.listen();
+        let deadline = alarm.deadline.get();
+        if Instant::now() >= deadline {
+            alarm.rung.notify(usize::MAX);
+            future::or(moved, shared.shutdown.wait()).await;
+            if shared.shutdown.is_set() {
+                alarm.rung.notify(usize::MAX);
+                return;
+            }
+            continue;
+        }
+        let shutdown = future::or(
+            async {
+                runtime::sleep_until(deadline).await;
+                false
+            },
+            future::or(
+                async {
+                    moved.await;
+                    false
+                },
+                async {
+                    shared.shutdown.wait().await;
+                    true
+                },
+            ),
+        )
+        .await;
+        if shutdown {
+            alarm.rung.notify(usize::MAX);
+            return;
+        }
+    }
 }
 
 impl<I: Io> Ctx<'_, I> {
@@ -452,16 +524,29 @@ impl<I: Io> Ctx<'_, I> {
         read: impl std::future::Future<Output = std::io::Result<usize>>,
     ) -> Result<usize, Stop> {
         let mut read = std::pin::pin!(read);
-        // Bytes already waiting in the socket: no timer or shutdown listener to set up. This is
-        // the common case while a client streams (a read costs a non-blocking recv first).
+        // Bytes already waiting in the socket: nothing to set up. This is the common case while a
+        // client streams (a read costs a non-blocking recv first).
         if let Some(done) = future::poll_once(read.as_mut()).await {
             return done.map_err(Stop::Io);
         }
-        match self.until_shutdown(runtime::until(deadline, read)).await {
-            None => Err(Stop::Shutdown),
-            Some(None) => Err(Stop::Timeout("read")),
-            Some(Some(Ok(n))) => Ok(n),
-            Some(Some(Err(e))) => Err(Stop::Io(e)),
+        // Otherwise wait for the read or for the connection's alarm (deadline or shutdown): one
+        // listener, no timer of its own (see `Alarm`).
+        self.alarm.set(deadline);
+        loop {
+            let rung = self.alarm.rung.listen();
+            if self.shared.shutdown.is_set() {
+                return Err(Stop::Shutdown);
+            }
+            if Instant::now() >= deadline {
+                return Err(Stop::Timeout("read"));
+            }
+            let woken = future::or(async { Some(read.as_mut().await) }, async {
+                rung.await;
+                None
+            });
+            if let Some(done) = woken.await {
+                return done.map_err(Stop::Io);
+            }
         }
     }
 
