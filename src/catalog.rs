@@ -26,6 +26,59 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::protocol::{valid_topic_name, TopicConfig};
+use crate::storage::Io;
+
+/// The file operations the catalog needs, through the storage engine's I/O seam, so that a
+/// simulated disk ([`crate::storage::SimIo`]) models topic creation and deletion across power
+/// cuts as it models segments. [`OnIo`] makes any [`Io`] one.
+pub trait CatalogFs: Send + Sync {
+    /// Names in a directory.
+    fn list(&self, dir: &Path) -> std::io::Result<Vec<String>>;
+    /// True for a directory.
+    fn is_dir(&self, path: &Path) -> bool;
+    /// A small file's content, `None` if it does not exist.
+    fn read_file(&self, path: &Path) -> std::io::Result<Option<Vec<u8>>>;
+    /// Replaces a small file atomically and durably.
+    fn write_file_durable(&self, path: &Path, bytes: &[u8]) -> std::io::Result<()>;
+    /// `mkdir -p`, every new entry durable.
+    fn create_dir_durable(&self, dir: &Path) -> std::io::Result<()>;
+    /// Renames a file or directory (durable once its directory is synced).
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()>;
+    /// Removes a directory tree (durable once its parent is synced).
+    fn remove_dir_all(&self, dir: &Path) -> std::io::Result<()>;
+    /// Makes a directory's entries durable.
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()>;
+}
+
+/// The catalog's files on an [`Io`].
+pub struct OnIo<I: Io>(pub I);
+
+impl<I: Io> CatalogFs for OnIo<I> {
+    fn list(&self, dir: &Path) -> std::io::Result<Vec<String>> {
+        Io::list(&self.0, dir)
+    }
+    fn is_dir(&self, path: &Path) -> bool {
+        Io::is_dir(&self.0, path)
+    }
+    fn read_file(&self, path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+        Io::read_file(&self.0, path)
+    }
+    fn write_file_durable(&self, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+        Io::write_file_durable(&self.0, path, bytes)
+    }
+    fn create_dir_durable(&self, dir: &Path) -> std::io::Result<()> {
+        crate::storage::create_dir_durable(&self.0, dir)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        Io::rename(&self.0, from, to)
+    }
+    fn remove_dir_all(&self, dir: &Path) -> std::io::Result<()> {
+        Io::remove_dir_all(&self.0, dir)
+    }
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+        Io::sync_dir(&self.0, dir)
+    }
+}
 
 /// Prefix reserved for internal topics (offsets, retries, delays, dead letters); clients cannot
 /// create them.
@@ -212,6 +265,7 @@ impl Topics {
 
 /// The catalog of one broker.
 pub struct Catalog {
+    fs: Arc<dyn CatalogFs>,
     root: PathBuf,
     limits: CatalogLimits,
     current: RwLock<Arc<Topics>>,
@@ -228,12 +282,6 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CatalogError + '_ {
     }
 }
 
-fn sync_dir(dir: &Path) -> Result<(), CatalogError> {
-    std::fs::File::open(dir)
-        .and_then(|f| f.sync_all())
-        .map_err(io_err(dir))
-}
-
 /// What the start-up scan decided for one topic directory.
 enum Found {
     Topic(TopicMeta),
@@ -243,13 +291,13 @@ enum Found {
     Damaged(String),
 }
 
-fn inspect(path: &Path, dir_name: &str) -> Found {
+fn inspect(fs: &dyn CatalogFs, path: &Path, dir_name: &str) -> Found {
     if dir_name.ends_with(DELETED_SUFFIX) {
         return Found::Leftover("deleted topic");
     }
     let meta_path = path.join("topic.meta");
-    match std::fs::read(&meta_path) {
-        Ok(bytes) => {
+    match fs.read_file(&meta_path) {
+        Ok(Some(bytes)) => {
             let parsed = std::str::from_utf8(&bytes)
                 .map_err(|_| "not UTF-8".to_string())
                 .and_then(TopicMeta::decode);
@@ -266,17 +314,17 @@ fn inspect(path: &Path, dir_name: &str) -> Found {
                 Err(why) => Found::Damaged(format!("{} is damaged: {why}", meta_path.display())),
             }
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        Ok(None) => {
             // A create writes its meta file before anything else goes in the directory, so a
             // directory without one is an interrupted create, unless something else is there.
-            let entries: Vec<String> = std::fs::read_dir(path)
-                .map(|rd| {
-                    rd.filter_map(|e| e.ok())
-                        .map(|e| e.file_name().to_string_lossy().into_owned())
-                        .collect()
-                })
+            let entries: Vec<String> = fs
+                .list(path)
                 .unwrap_or_else(|_| vec!["<unreadable>".into()]);
-            if entries.iter().all(|n| n == "topic.meta.tmp") {
+            // The temporary file of an interrupted meta write is `topic.tmp`.
+            if entries
+                .iter()
+                .all(|n| n == "topic.tmp" || n == "topic.meta.tmp")
+            {
                 Found::Leftover("interrupted create")
             } else {
                 Found::Damaged(format!(
@@ -293,47 +341,49 @@ fn inspect(path: &Path, dir_name: &str) -> Found {
 impl Catalog {
     /// Loads the catalog of `data_dir`, creating it if needed. Leftovers of an interrupted create
     /// or delete are removed; damaged topics are quarantined (see the module documentation).
-    pub fn load(data_dir: &Path, limits: CatalogLimits) -> Result<Catalog, CatalogError> {
+    pub fn load(
+        data_dir: &Path,
+        limits: CatalogLimits,
+        fs: Arc<dyn CatalogFs>,
+    ) -> Result<Catalog, CatalogError> {
         let root = data_dir.join("topics");
-        std::fs::create_dir_all(&root).map_err(io_err(&root))?;
+        fs.create_dir_durable(&root).map_err(io_err(&root))?;
         let mut topics = BTreeMap::new();
         let mut next_id = 1;
         let mut quarantined = Vec::new();
-        let mut entries: Vec<_> = std::fs::read_dir(&root)
-            .map_err(io_err(&root))?
-            .collect::<Result<_, _>>()
-            .map_err(io_err(&root))?;
-        entries.sort_by_key(|e| e.file_name());
-        for entry in entries {
-            let path = entry.path();
-            let name = entry.file_name().to_string_lossy().into_owned();
+        let mut names = fs.list(&root).map_err(io_err(&root))?;
+        names.sort();
+        let mut removed = false;
+        for name in names {
+            let path = root.join(&name);
             if name.ends_with(QUARANTINE_SUFFIX) {
                 tracing::error!(path = %path.display(), "quarantined topic directory left as it is");
                 quarantined.push(path);
                 continue;
             }
-            if !path.is_dir() {
+            if !fs.is_dir(&path) {
                 continue;
             }
-            match inspect(&path, &name) {
+            match inspect(&*fs, &path, &name) {
                 Found::Topic(m) => {
                     next_id = next_id.max(m.id + 1);
                     topics.insert(m.name.clone(), Arc::new(m));
                 }
                 Found::Leftover(what) => {
                     tracing::info!(path = %path.display(), what, "removing leftover topic directory");
-                    std::fs::remove_dir_all(&path).map_err(io_err(&path))?;
+                    fs.remove_dir_all(&path).map_err(io_err(&path))?;
+                    removed = true;
                 }
                 Found::Damaged(why) => {
-                    let aside = quarantine_path(&path);
+                    let aside = quarantine_path(&*fs, &root, &name);
                     tracing::error!(
                         path = %path.display(),
                         moved_to = %aside.display(),
                         reason = %why,
                         "topic metadata damaged: topic quarantined, its data kept; fix topic.meta and move the directory back to restore it"
                     );
-                    std::fs::rename(&path, &aside).map_err(io_err(&path))?;
-                    sync_dir(&root)?;
+                    fs.rename(&path, &aside).map_err(io_err(&path))?;
+                    fs.sync_dir(&root).map_err(io_err(&root))?;
                     quarantined.push(aside);
                 }
             }
@@ -342,12 +392,16 @@ impl Catalog {
                 next_id = next_id.max(id + 1);
             }
         }
+        if removed {
+            fs.sync_dir(&root).map_err(io_err(&root))?;
+        }
         let topics = Topics {
             partitions: topics.values().map(|m| m.partitions as u64).sum(),
             by_name: topics,
             version: 1,
         };
         Ok(Catalog {
+            fs,
             root,
             limits,
             current: RwLock::new(Arc::new(topics)),
@@ -455,7 +509,8 @@ impl Catalog {
         };
         *next_id += 1;
         let dir = self.topic_dir(&meta);
-        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        // The directory's entry, then the meta file, durable before the create is answered.
+        self.fs.create_dir_durable(&dir).map_err(io_err(&dir))?;
         self.persist(&meta)?;
         let meta = Arc::new(meta);
         let published = meta.clone();
@@ -466,16 +521,10 @@ impl Catalog {
     }
 
     fn persist(&self, meta: &TopicMeta) -> Result<(), CatalogError> {
-        let dir = self.topic_dir(meta);
-        let tmp = dir.join("topic.meta.tmp");
-        let path = dir.join("topic.meta");
-        std::fs::write(&tmp, meta.encode()).map_err(io_err(&tmp))?;
-        std::fs::File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(io_err(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
-        sync_dir(&dir)?;
-        sync_dir(&self.root)
+        let path = self.topic_dir(meta).join("topic.meta");
+        self.fs
+            .write_file_durable(&path, meta.encode().as_bytes())
+            .map_err(io_err(&path))
     }
 
     /// Changes a topic's partition count (up only) or retention (see [`retention_limit`]).
@@ -527,30 +576,31 @@ impl Catalog {
             .ok_or_else(|| CatalogError::UnknownTopic(name.to_string()))?;
         let dir = self.topic_dir(&meta);
         let gone = dir.with_file_name(format!("{}{DELETED_SUFFIX}", dir_name(&meta)));
-        // Rename first: once renamed (and the rename durable) the topic is gone even if the
-        // removal below is cut short, and load() finishes the job. If the rename fails the topic
-        // stays, in memory as on disk.
-        std::fs::rename(&dir, &gone).map_err(io_err(&dir))?;
+        // Rename first, and make the rename durable before answering: once renamed the topic is
+        // gone even if the removal below is cut short (load() finishes the job), and a power cut
+        // cannot bring back a topic whose deletion was acknowledged. If the rename fails the
+        // topic stays, in memory as on disk.
+        self.fs.rename(&dir, &gone).map_err(io_err(&dir))?;
         self.publish(|t| {
             t.remove(name);
         });
-        sync_dir(&self.root)?;
-        if let Err(e) = std::fs::remove_dir_all(&gone) {
+        self.fs.sync_dir(&self.root).map_err(io_err(&self.root))?;
+        if let Err(e) = self.fs.remove_dir_all(&gone) {
             tracing::warn!(path = %gone.display(), error = %e, "topic data not fully removed; removed at next start");
         }
         Ok(meta)
     }
 }
 
-fn quarantine_path(path: &Path) -> PathBuf {
-    let base = path.as_os_str().to_string_lossy().into_owned();
-    let mut candidate = PathBuf::from(format!("{base}{QUARANTINE_SUFFIX}"));
+fn quarantine_path(fs: &dyn CatalogFs, root: &Path, name: &str) -> PathBuf {
+    let taken = fs.list(root).unwrap_or_default();
+    let mut candidate = format!("{name}{QUARANTINE_SUFFIX}");
     let mut n = 1;
-    while candidate.exists() {
+    while taken.contains(&candidate) {
         n += 1;
-        candidate = PathBuf::from(format!("{base}-{n}{QUARANTINE_SUFFIX}"));
+        candidate = format!("{name}-{n}{QUARANTINE_SUFFIX}");
     }
-    candidate
+    root.join(candidate)
 }
 
 fn dir_name(meta: &TopicMeta) -> String {
@@ -569,8 +619,12 @@ mod tests {
         }
     }
 
+    fn real() -> Arc<dyn CatalogFs> {
+        Arc::new(OnIo(crate::storage::MmapIo::default()))
+    }
+
     fn load(dir: &Path) -> Catalog {
-        Catalog::load(dir, CatalogLimits::default()).unwrap()
+        Catalog::load(dir, CatalogLimits::default(), real()).unwrap()
     }
 
     #[test]
@@ -625,7 +679,7 @@ mod tests {
             topic_partitions_max: 8,
             partitions_max: 10,
         };
-        let c = Catalog::load(dir.path(), limits).unwrap();
+        let c = Catalog::load(dir.path(), limits, real()).unwrap();
         assert!(matches!(
             c.create("a", &config(9)),
             Err(CatalogError::LimitExceeded(_))

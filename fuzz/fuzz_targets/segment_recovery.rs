@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use levee::record::{self, Check, Header, Message, Records, HEADER_LEN};
-use levee::storage::io::SIM_PAGE_BYTES;
+use levee::storage::SIM_PAGE_BYTES;
 use levee::storage::{
     Checkpoint, Durability, IndexEntry, Io, Log, LogConfig, RecoveryReport, SimIo, StorageError,
 };

@@ -210,7 +210,11 @@ impl Broker {
             topic_partitions_max: config.topic_partitions_max,
             partitions_max: config.partitions_max,
         };
-        let catalog = Arc::new(Catalog::load(&config.data_dir, limits)?);
+        let catalog = Arc::new(Catalog::load(
+            &config.data_dir,
+            limits,
+            Arc::new(crate::catalog::OnIo(io.clone())),
+        )?);
         let pool =
             Arc::new(
                 FlushPool::new(config.flush_threads).map_err(|e| ServerError::DataDir {

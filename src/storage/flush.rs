@@ -50,6 +50,8 @@ use super::io::SegmentMap;
 pub(crate) type SyncDirFn = Box<dyn Fn(&std::path::Path) -> io::Result<()> + Send + Sync>;
 /// Replaces a small metadata file (`Io::write_file`).
 pub(crate) type WriteFileFn = Box<dyn Fn(&std::path::Path, &[u8]) -> io::Result<()> + Send + Sync>;
+/// Records a failed flush where a restart will find it (the log's fail-stop marker).
+pub(crate) type OnFailureFn = Box<dyn Fn(&str) + Send + Sync>;
 
 /// A checkpoint to write once the bytes it describes are durable (a checkpoint describes durable
 /// data only). It does not cause a flush by itself: it rides on the next one (a durable ack, the
@@ -103,6 +105,7 @@ pub(crate) struct Shared {
     interval: Option<Duration>,
     sync_dir: SyncDirFn,
     write_file: WriteFileFn,
+    on_failure: OnFailureFn,
     pool: Arc<PoolShared>,
 }
 
@@ -353,6 +356,9 @@ fn flush_round(log: &Arc<Shared>) {
             tracing::error!(dir = %log.dir.display(), error = %e, "flush failed; log is now read-only");
             st.error = Some((e.kind(), e.to_string()));
             log.failed.store(true, Ordering::Release);
+            // Sticky across a restart too: after an fdatasync error the page cache may still
+            // show data the disk never took, and a reopened log would trust it.
+            (log.on_failure)(&e.to_string());
             Vec::new()
         }
     };
@@ -420,6 +426,7 @@ impl Flusher {
         interval: Option<Duration>,
         sync_dir: SyncDirFn,
         write_file: WriteFileFn,
+        on_failure: OnFailureFn,
     ) -> Flusher {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
@@ -443,6 +450,7 @@ impl Flusher {
             interval,
             sync_dir,
             write_file,
+            on_failure,
             pool: pool.clone(),
         });
         Flusher { shared }
@@ -457,6 +465,12 @@ impl Flusher {
             sealed_at: None,
         });
         st.dir_dirty |= created;
+    }
+
+    /// Marks the directory's entries as changed (a segment retired, renamed or removed): the next
+    /// flush syncs the directory before it makes anything durable.
+    pub(crate) fn dir_changed(&self) {
+        lock(&self.shared.state).dir_dirty = true;
     }
 
     /// Marks a mapping as sealed at `next_offset` and queues its checkpoint.

@@ -4,23 +4,19 @@
 //! Two implementations:
 //! - [`MmapIo`]: real files, `fallocate` for reservation (a full disk is a typed error when a
 //!   segment is created, never a SIGBUS on a page fault), `memmap2` shared mappings for writes and
-//!   reads, `fdatasync` for flushes.
-//! - [`SimIo`]: an in-memory disk for tests and fuzzing that keeps two images of every file, what
-//!   the process sees and what would survive a power cut, and can fail a flush (EIO) or run out of
-//!   space on demand. [`SimIo::crash`] produces the disk a power cut would leave.
+//!   reads, `fdatasync` for flushes, `fsync` of a directory for its entries.
+//! - [`super::SimIo`] (`sim.rs`): an in-memory disk for tests and fuzzing that models what a
+//!   power cut keeps of file contents and of directory entries, and can fail a flush (EIO) or run
+//!   out of space on demand.
+//!
+//! What is durable when: a file's bytes after [`SegmentMap::flush`]; a directory's entries
+//! (files created, renamed, removed in it) after [`Io::sync_dir`] of that directory. The storage
+//! engine orders its steps by these rules (docs/storage.md, "Durable steps").
 //!
 //! This module owns files and mappings. It knows nothing of records, offsets or indexes.
 
-use std::cell::UnsafeCell;
-use std::collections::{BTreeMap, BTreeSet};
 use std::io;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
-
-/// Page granularity of the simulated disk: what a power cut keeps or loses as a unit (sectors within
-/// a page can tear too; see [`SimIo::crash`]).
-pub const SIM_PAGE_BYTES: usize = 4096;
+use std::path::Path;
 
 /// A file system as the storage engine uses it.
 pub trait Io: Clone + Send + Sync + 'static {
@@ -43,8 +39,13 @@ pub trait Io: Clone + Send + Sync + 'static {
     fn remove(&self, path: &Path) -> io::Result<()>;
     /// Renames a file, replacing `to`.
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
-    /// Creates a directory and its parents.
+    /// Creates a directory and its missing parents (not durable until each parent is synced: see
+    /// [`create_dir_durable`]).
     fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// Removes a directory and everything in it. Not durable until its parent is synced.
+    fn remove_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// True when `path` is a directory.
+    fn is_dir(&self, path: &Path) -> bool;
     /// Names of the files in `dir`.
     fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
     /// Makes the directory's entries (created, renamed, removed files) durable.
@@ -52,6 +53,9 @@ pub trait Io: Clone + Send + Sync + 'static {
     /// Replaces a small metadata file (an index checkpoint) atomically: readers see the old or the
     /// new content, never a mix. Not flushed: metadata files are checksummed and rebuildable.
     fn write_file(&self, path: &Path, bytes: &[u8]) -> io::Result<()>;
+    /// Replaces a small file atomically and durably: content flushed, then renamed into place,
+    /// then the directory synced, before this returns (topic metadata, failure markers).
+    fn write_file_durable(&self, path: &Path, bytes: &[u8]) -> io::Result<()>;
     /// Reads a small metadata file; `None` when it does not exist.
     fn read_file(&self, path: &Path) -> io::Result<Option<Vec<u8>>>;
 }
@@ -94,6 +98,32 @@ pub trait SegmentMap: Send + Sync + 'static {
         // SAFETY: in bounds (asserted), and the caller guarantees nobody writes the range.
         unsafe { std::slice::from_raw_parts(self.as_ptr().add(position), len) }
     }
+}
+
+/// Creates `dir` and its missing parents, each new one made durable in its parent (synced)
+/// before this returns: a durable `mkdir -p`. A file created in a directory whose own entry a
+/// power cut can take back is as good as lost.
+pub fn create_dir_durable<I: Io>(io: &I, dir: &Path) -> io::Result<()> {
+    // The directories that do not exist yet, outermost last.
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    while let Some(d) = at {
+        if d.as_os_str().is_empty() || io.is_dir(d) {
+            break;
+        }
+        missing.push(d);
+        at = d.parent();
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    io.create_dir_all(dir)?;
+    for d in missing.iter().rev() {
+        if let Some(parent) = d.parent().filter(|p| !p.as_os_str().is_empty()) {
+            io.sync_dir(parent)?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(feature = "broker")]
@@ -225,6 +255,14 @@ mod mmap {
             std::fs::create_dir_all(dir)
         }
 
+        fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
+            std::fs::remove_dir_all(dir)
+        }
+
+        fn is_dir(&self, path: &Path) -> bool {
+            path.is_dir()
+        }
+
         fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
             let mut names = Vec::new();
             for entry in std::fs::read_dir(dir)? {
@@ -243,6 +281,17 @@ mod mmap {
             let tmp = path.with_extension("tmp");
             std::fs::write(&tmp, bytes)?;
             std::fs::rename(&tmp, path)
+        }
+
+        fn write_file_durable(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, bytes)?;
+            File::open(&tmp)?.sync_all()?;
+            std::fs::rename(&tmp, path)?;
+            match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                Some(dir) => self.sync_dir(dir),
+                None => Ok(()),
+            }
         }
 
         fn read_file(&self, path: &Path) -> io::Result<Option<Vec<u8>>> {
@@ -323,412 +372,5 @@ mod mmap {
             }
             Ok(())
         }
-    }
-}
-
-/// Injected faults and the bookkeeping shared by every file of a [`SimIo`].
-#[derive(Default)]
-struct SimFs {
-    files: BTreeMap<PathBuf, Arc<SimFile>>,
-    metadata: BTreeMap<PathBuf, Vec<u8>>,
-    /// Bytes that may still be reserved; `None` is unlimited.
-    space_left: Option<u64>,
-    /// Flushes that still succeed before every flush fails with EIO; `None` is never.
-    flushes_left: Option<u64>,
-}
-
-/// An in-memory disk for tests and fuzzing, with fault injection and power-cut simulation.
-///
-/// Directory operations and metadata files are modelled as durable at once; segment data is
-/// durable only once flushed, at page granularity, as on a real disk.
-#[derive(Clone, Default)]
-pub struct SimIo {
-    fs: Arc<Mutex<SimFs>>,
-    flushes: Arc<AtomicU64>,
-}
-
-/// A segment file of [`SimIo`].
-pub struct SimFile {
-    /// What the process sees. Written by the single writer, read by readers of written ranges.
-    data: Box<[UnsafeCell<u8>]>,
-    state: Mutex<SimFileState>,
-    /// Weak: the file table holds the files, so a strong reference back would be a cycle and leak
-    /// every simulated disk (found by the segment_recovery fuzzer).
-    fs: Weak<Mutex<SimFs>>,
-    flushes: Arc<AtomicU64>,
-}
-
-struct SimFileState {
-    /// What survives a power cut.
-    durable: Vec<u8>,
-    /// Pages written since the last flush.
-    dirty: BTreeSet<usize>,
-    /// File length.
-    len: usize,
-}
-
-impl std::fmt::Debug for SimFile {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SimFile")
-            .field("len", &self.data.len())
-            .finish()
-    }
-}
-
-// SAFETY: `data` is written by one thread at a time under the contract of `SegmentMap::write`
-// (writes take `state` too, so a concurrent flush never copies a page while it is written), and
-// readers only read ranges nobody writes.
-unsafe impl Sync for SimFile {}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A test that panicked while holding the lock already failed; keep the data for the report.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-impl SimIo {
-    /// An empty simulated disk.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Limits the bytes that may still be reserved; creating a segment beyond it fails with
-    /// ENOSPC.
-    pub fn set_space_left(&self, bytes: Option<u64>) {
-        lock(&self.fs).space_left = bytes;
-    }
-
-    /// After `n` more successful flushes, every flush fails with EIO.
-    pub fn fail_flushes_after(&self, n: Option<u64>) {
-        lock(&self.fs).flushes_left = n;
-    }
-
-    /// How many flushes completed so far.
-    pub fn flush_count(&self) -> u64 {
-        self.flushes.load(Ordering::Relaxed)
-    }
-
-    /// Builds a disk holding `files` as durable content (e.g. an arbitrary segment for fuzzing).
-    pub fn with_files(files: impl IntoIterator<Item = (PathBuf, Vec<u8>)>) -> Self {
-        let io = SimIo::new();
-        for (path, bytes) in files {
-            io.insert(path, bytes);
-        }
-        io
-    }
-
-    fn insert(&self, path: PathBuf, bytes: Vec<u8>) {
-        let file = SimFile::new(bytes, &self.fs, self.flushes.clone());
-        lock(&self.fs).files.insert(path, Arc::new(file));
-    }
-
-    /// The bytes the process currently sees in a segment file (up to its length).
-    pub fn file_bytes(&self, path: &Path) -> Option<Vec<u8>> {
-        let fs = lock(&self.fs);
-        let f = fs.files.get(path)?;
-        let st = lock(&f.state);
-        // SAFETY: test inspection; callers stop the writer first.
-        Some((0..st.len).map(|i| unsafe { *f.data[i].get() }).collect())
-    }
-
-    /// Overwrites bytes of a file in both images, as a bit flip on disk would.
-    pub fn corrupt(&self, path: &Path, position: usize, bytes: &[u8]) {
-        let fs = lock(&self.fs);
-        if let Some(f) = fs.files.get(path) {
-            let mut st = lock(&f.state);
-            for (i, b) in bytes.iter().enumerate() {
-                if let Some(cell) = f.data.get(position + i) {
-                    // SAFETY: test-only mutation while no writer runs.
-                    unsafe { *cell.get() = *b };
-                }
-                if let Some(d) = st.durable.get_mut(position + i) {
-                    *d = *b;
-                }
-            }
-        }
-    }
-
-    /// Names of all files, segment and metadata.
-    pub fn paths(&self) -> Vec<PathBuf> {
-        let fs = lock(&self.fs);
-        fs.files.keys().chain(fs.metadata.keys()).cloned().collect()
-    }
-
-    /// The disk a power cut would leave: every flushed byte, plus, for each page written since its
-    /// file's last flush, a choice made by `keep(page_index)`: `None` drops the page, `Some(n)`
-    /// keeps its first `n` bytes (a torn write) from the new content.
-    pub fn crash(&self, mut keep: impl FnMut(usize) -> Option<usize>) -> SimIo {
-        let out = SimIo::new();
-        let fs = lock(&self.fs);
-        for (path, f) in &fs.files {
-            let st = lock(&f.state);
-            let mut image = st.durable.clone();
-            for &page in &st.dirty {
-                let start = page * SIM_PAGE_BYTES;
-                let end = (start + SIM_PAGE_BYTES).min(st.len);
-                if start >= end {
-                    continue;
-                }
-                if let Some(n) = keep(page) {
-                    let kept = start..(start + n).min(end);
-                    for (byte, cell) in image[kept.clone()].iter_mut().zip(&f.data[kept]) {
-                        // SAFETY: test inspection; the writer is stopped.
-                        *byte = unsafe { *cell.get() };
-                    }
-                }
-            }
-            image.truncate(st.len);
-            out.insert(path.clone(), image);
-        }
-        {
-            let mut o = lock(&out.fs);
-            o.metadata = fs.metadata.clone();
-        }
-        out
-    }
-}
-
-impl SimFile {
-    fn new(bytes: Vec<u8>, fs: &Arc<Mutex<SimFs>>, flushes: Arc<AtomicU64>) -> Self {
-        let len = bytes.len();
-        SimFile {
-            data: bytes.iter().map(|&b| UnsafeCell::new(b)).collect(),
-            state: Mutex::new(SimFileState {
-                durable: bytes,
-                dirty: BTreeSet::new(),
-                len,
-            }),
-            fs: Arc::downgrade(fs),
-            flushes,
-        }
-    }
-}
-
-fn not_found(path: &Path) -> io::Error {
-    io::Error::new(io::ErrorKind::NotFound, format!("{}", path.display()))
-}
-
-impl Io for SimIo {
-    type Map = Arc<SimFile>;
-
-    fn create(&self, path: &Path, len: usize) -> io::Result<Arc<SimFile>> {
-        {
-            let mut fs = lock(&self.fs);
-            if let Some(left) = fs.space_left.as_mut() {
-                if (len as u64) > *left {
-                    return Err(io::Error::from_raw_os_error(28)); // ENOSPC
-                }
-                *left -= len as u64;
-            }
-        }
-        let f = Arc::new(SimFile::new(vec![0; len], &self.fs, self.flushes.clone()));
-        lock(&self.fs).files.insert(path.to_owned(), f.clone());
-        Ok(f)
-    }
-
-    fn recycle(&self, from: &Path, to: &Path, len: usize) -> io::Result<Arc<SimFile>> {
-        self.rename(from, to)?;
-        self.open(to, Some(len))
-    }
-
-    fn open(&self, path: &Path, reserve: Option<usize>) -> io::Result<Arc<SimFile>> {
-        let existing = lock(&self.fs)
-            .files
-            .get(path)
-            .cloned()
-            .ok_or_else(|| not_found(path))?;
-        let len = lock(&existing.state).len;
-        match reserve {
-            Some(want) if want > existing.data.len() || want > len => {
-                // Re-create a larger file with the same content in both images.
-                let mut bytes: Vec<u8> = lock(&existing.state).durable.clone();
-                let mut current: Vec<u8> = (0..len)
-                    // SAFETY: no writer runs on a file being reopened.
-                    .map(|i| unsafe { *existing.data[i].get() })
-                    .collect();
-                bytes.resize(want, 0);
-                current.resize(want, 0);
-                let f = Arc::new(SimFile::new(bytes, &self.fs, self.flushes.clone()));
-                for (i, b) in current.iter().enumerate() {
-                    // SAFETY: `f` is not shared yet.
-                    unsafe { *f.data[i].get() = *b };
-                }
-                // Pages written but not flushed stay unflushed in the larger file, as they would
-                // in the page cache of a file that fallocate extended.
-                lock(&f.state).dirty = lock(&existing.state).dirty.clone();
-                lock(&self.fs).files.insert(path.to_owned(), f.clone());
-                Ok(f)
-            }
-            _ => Ok(existing),
-        }
-    }
-
-    fn remove(&self, path: &Path) -> io::Result<()> {
-        let mut fs = lock(&self.fs);
-        let removed = match fs.files.remove(path) {
-            Some(f) => Some(f.data.len() as u64),
-            None => fs.metadata.remove(path).map(|_| 0),
-        };
-        match removed {
-            Some(bytes) => {
-                if let Some(left) = fs.space_left.as_mut() {
-                    *left += bytes;
-                }
-                Ok(())
-            }
-            None => Err(not_found(path)),
-        }
-    }
-
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        let mut fs = lock(&self.fs);
-        if let Some(f) = fs.files.remove(from) {
-            fs.files.insert(to.to_owned(), f);
-            Ok(())
-        } else if let Some(m) = fs.metadata.remove(from) {
-            fs.metadata.insert(to.to_owned(), m);
-            Ok(())
-        } else {
-            Err(not_found(from))
-        }
-    }
-
-    fn create_dir_all(&self, _dir: &Path) -> io::Result<()> {
-        Ok(())
-    }
-
-    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
-        let fs = lock(&self.fs);
-        Ok(fs
-            .files
-            .keys()
-            .chain(fs.metadata.keys())
-            .filter(|p| p.parent() == Some(dir))
-            .filter_map(|p| p.file_name()?.to_str().map(str::to_owned))
-            .collect())
-    }
-
-    fn sync_dir(&self, _dir: &Path) -> io::Result<()> {
-        Ok(())
-    }
-
-    fn write_file(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
-        lock(&self.fs)
-            .metadata
-            .insert(path.to_owned(), bytes.to_vec());
-        Ok(())
-    }
-
-    fn read_file(&self, path: &Path) -> io::Result<Option<Vec<u8>>> {
-        Ok(lock(&self.fs).metadata.get(path).cloned())
-    }
-}
-
-impl SegmentMap for Arc<SimFile> {
-    fn len(&self) -> usize {
-        self.data.len()
-    }
-
-    fn as_ptr(&self) -> *const u8 {
-        // UnsafeCell<u8> has the layout of u8.
-        self.data.as_ptr() as *const u8
-    }
-
-    unsafe fn write(&self, position: usize, data: &[u8]) {
-        assert!(position
-            .checked_add(data.len())
-            .is_some_and(|end| end <= self.data.len()));
-        let mut st = lock(&self.state);
-        // SAFETY: in bounds (asserted); single writer by contract, and the flusher copies pages
-        // only while holding `state`, which we hold.
-        unsafe {
-            std::ptr::copy_nonoverlapping(data.as_ptr(), self.data[position].get(), data.len())
-        };
-        if !data.is_empty() {
-            let first = position / SIM_PAGE_BYTES;
-            let last = (position + data.len() - 1) / SIM_PAGE_BYTES;
-            st.dirty.extend(first..=last);
-        }
-    }
-
-    fn flush(&self) -> io::Result<()> {
-        if let Some(fs) = self.fs.upgrade() {
-            let mut fs = lock(&fs);
-            if let Some(left) = fs.flushes_left.as_mut() {
-                if *left == 0 {
-                    return Err(io::Error::from_raw_os_error(5)); // EIO
-                }
-                *left -= 1;
-            }
-        }
-        let mut st = lock(&self.state);
-        let dirty = std::mem::take(&mut st.dirty);
-        for page in dirty {
-            let start = page * SIM_PAGE_BYTES;
-            let end = (start + SIM_PAGE_BYTES).min(st.len);
-            for i in start..end {
-                // SAFETY: writers hold `state` too, so this page is not being written.
-                st.durable[i] = unsafe { *self.data[i].get() };
-            }
-        }
-        self.flushes.fetch_add(1, Ordering::Relaxed);
-        Ok(())
-    }
-
-    unsafe fn zero(&self, position: usize, len: usize) -> io::Result<()> {
-        assert!(position
-            .checked_add(len)
-            .is_some_and(|end| end <= self.data.len()));
-        // Like ZERO_RANGE: durable at once, in both images.
-        let mut st = lock(&self.state);
-        for i in position..position + len {
-            // SAFETY: no reader of the range by contract; we hold `state` against the flusher.
-            unsafe { *self.data[i].get() = 0 };
-            if let Some(d) = st.durable.get_mut(i) {
-                *d = 0;
-            }
-        }
-        Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn given_unflushed_write_when_crash_drops_pages_should_lose_only_unflushed() {
-        let io = SimIo::new();
-        let p = Path::new("/d/a.log");
-        let m = io.create(p, 3 * SIM_PAGE_BYTES).unwrap();
-        unsafe { m.write(0, &[1; 10]) };
-        m.flush().unwrap();
-        unsafe { m.write(SIM_PAGE_BYTES, &[2; 10]) };
-        let lost = io.crash(|_| None);
-        let b = lost.file_bytes(p).unwrap();
-        assert_eq!(&b[..10], &[1; 10]);
-        assert_eq!(&b[SIM_PAGE_BYTES..SIM_PAGE_BYTES + 10], &[0; 10]);
-        let kept = io.crash(|_| Some(SIM_PAGE_BYTES));
-        assert_eq!(
-            &kept.file_bytes(p).unwrap()[SIM_PAGE_BYTES..SIM_PAGE_BYTES + 10],
-            &[2; 10]
-        );
-    }
-
-    #[test]
-    fn given_flush_budget_when_exhausted_should_fail_with_eio() {
-        let io = SimIo::new();
-        let m = io.create(Path::new("/d/a.log"), 4096).unwrap();
-        io.fail_flushes_after(Some(1));
-        assert!(m.flush().is_ok());
-        assert_eq!(m.flush().unwrap_err().raw_os_error(), Some(5));
-    }
-
-    #[test]
-    fn given_space_limit_when_creating_beyond_should_fail_with_enospc() {
-        let io = SimIo::new();
-        io.set_space_left(Some(8192));
-        assert!(io.create(Path::new("/d/a.log"), 8192).is_ok());
-        let e = io.create(Path::new("/d/b.log"), 1).unwrap_err();
-        assert_eq!(e.kind(), io::ErrorKind::StorageFull);
     }
 }

@@ -32,6 +32,9 @@ fn system_clock() -> i64 {
 const PREPARED_NAME: &str = "next.segment.prepared";
 /// Name of a retired segment file kept for reuse as the next segment.
 const RECYCLED_NAME: &str = "next.segment.recycled";
+/// Written (durably) into a log's directory when a flush fails; while it is there the log does
+/// not open. See [`StorageError::FailStopped`].
+pub const FAILED_MARKER: &str = "FAILED";
 /// How far ahead of the CRC check a read asks the CPU to load the records. Reads stream from
 /// memory (the records were written long before), and the hardware prefetcher stops at every
 /// 4 KiB page boundary; asking two pages ahead hides that latency.
@@ -173,14 +176,24 @@ impl<I: Io> Log<I> {
     ) -> Result<(Self, RecoveryReport), StorageError> {
         config.validate()?;
         let dir = dir.into();
-        io.create_dir_all(&dir)
+        super::io::create_dir_durable(&io, &dir)
             .map_err(|e| StorageError::io("create dir", &dir, e))?;
+        let marker = dir.join(FAILED_MARKER);
+        if let Some(reason) = io
+            .read_file(&marker)
+            .map_err(|e| StorageError::io("read", &marker, e))?
+        {
+            return Err(StorageError::FailStopped {
+                marker,
+                reason: String::from_utf8_lossy(&reason).into_owned(),
+            });
+        }
         let recovered = recovery::recover(&io, &dir, &config)?;
         let interval = match config.durability {
             Durability::Interval(d) => Some(d),
             Durability::Sync | Durability::None => None,
         };
-        let (sync_io, write_io) = (io.clone(), io.clone());
+        let (sync_io, write_io, fail_io) = (io.clone(), io.clone(), io.clone());
         let flusher = Flusher::start(
             pool.shared(),
             dir.clone(),
@@ -188,9 +201,15 @@ impl<I: Io> Log<I> {
             interval,
             Box::new(move |d| sync_io.sync_dir(d)),
             Box::new(move |p, b| write_io.write_file(p, b)),
+            Box::new(move |reason| {
+                if let Err(e) = fail_io.write_file_durable(&marker, reason.as_bytes()) {
+                    tracing::error!(marker = %marker.display(), error = %e, "fail-stop marker not written");
+                }
+            }),
         );
-        for s in &recovered.segments {
-            flusher.add_map(dyn_map(&s.map), false);
+        // Recovery flushed every recovered segment: only the active one takes bytes to flush.
+        if let Some(active) = recovered.segments.back() {
+            flusher.add_map(dyn_map(&active.map), false);
         }
         let log = Log {
             io,
@@ -462,12 +481,19 @@ impl<I: Io> Log<I> {
         let prepared = self.dir.join(PREPARED_NAME);
         let spare = std::mem::take(&mut self.spare).then(|| self.dir.join(RECYCLED_NAME));
         let len = self.config.segment_bytes;
+        let dir = self.dir.clone();
         move || match spare {
-            Some(spare) => io.recycle(&spare, &prepared, len).or_else(|e| {
-                tracing::warn!(error = %e, "segment not recycled; creating a new one");
-                let _ = io.remove(&spare);
-                io.create(&prepared, len)
-            }),
+            Some(spare) => {
+                let map = io.recycle(&spare, &prepared, len).or_else(|e| {
+                    tracing::warn!(error = %e, "segment not recycled; creating a new one");
+                    let _ = io.remove(&spare);
+                    io.create(&prepared, len)
+                })?;
+                // The file's old name must be durably gone before a byte of the new segment goes
+                // in: otherwise a power cut can bring back the new records under the old name.
+                io.sync_dir(&dir)?;
+                Ok(map)
+            }
             None => io.create(&prepared, len),
         }
     }
@@ -702,6 +728,7 @@ impl<I: Io> Log<I> {
                 }
             }
             tracing::info!(dir = %self.dir.display(), base = oldest.base_offset, "retention deleted segment");
+            self.flusher.dir_changed();
             removed.push(oldest.base_offset);
         }
         Ok(removed)

@@ -26,17 +26,19 @@ pub mod io;
 mod log;
 mod recovery;
 mod segment;
+mod sim;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 pub use flush::{DurableWait, FlushError, FlushPool};
 pub use index::{Checkpoint, IndexEntry};
-pub use io::{Io, SegmentMap, SimIo};
+pub use io::{create_dir_durable, Io, SegmentMap};
 #[cfg(feature = "broker")]
 pub use io::{MmapIo, MmapSegment, WritePath};
-pub use log::{Appended, Clock, Log, Slice};
-pub use recovery::{RecoveryReport, Truncation, TruncationReason};
+pub use log::{Appended, Clock, Log, Slice, FAILED_MARKER};
+pub use recovery::{RecoveryReport, Truncation, TruncationReason, QUARANTINE_SUFFIX};
+pub use sim::{SimFile, SimIo, SIM_PAGE_BYTES};
 
 use crate::record::RecordError;
 
@@ -143,6 +145,10 @@ pub enum StorageError {
         #[source]
         source: FlushError,
     },
+    /// A flush failed in an earlier run: the log stays closed until an operator has checked the
+    /// disk and removed the marker file.
+    #[error("log is fail-stopped since a flush failed ({reason}); check the disk, then remove {marker} to reopen it")]
+    FailStopped { marker: PathBuf, reason: String },
     /// A record offered for append is not valid; nothing of the batch was written.
     #[error("record {index} of the batch is invalid: {source}")]
     InvalidRecord {

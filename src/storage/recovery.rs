@@ -1,8 +1,11 @@
 //! Recovery: turning whatever a crash left in a log directory into a valid log.
 //!
 //! Rules (docs/storage.md gives the reasoning):
+//! 0. A segment is identified by its content: a file whose first record carries a later offset
+//!    than its name says (a recycled file whose new name a power cut took back) is renamed to that
+//!    offset, or quarantined when a file of that name exists.
 //! 1. Stray files are removed: a half-prepared next segment, temporary checkpoint files, and
-//!    checkpoints without a segment.
+//!    checkpoints without a segment. Quarantined files (`*.quarantined`) are left alone.
 //! 2. Segments are taken in base-offset order. Each must start where the previous one ended; at a
 //!    gap or overlap the log is cut before that segment. A segment followed by one that starts
 //!    exactly where its valid records end is complete: what fails after them is an unused tail.
@@ -14,10 +17,12 @@
 //!    offsets, non-decreasing append times. A zero header is the clean end of the data.
 //! 5. At the first record that fails, the log is cut: the rest of that segment is erased (so no
 //!    stale record past the cut can be revived by a later append of the same length) and every
-//!    later segment is deleted. The cut is reported with its reason.
+//!    later segment is quarantined (renamed `*.quarantined`, kept for an operator, logged): no
+//!    recovery deletes more than the torn tail of a segment. The cut is reported with its reason.
 //! 6. The last segment becomes the active one: everything after its last record is erased for
 //!    the same reason as in rule 5. Its reservation is extended by the log when appends need it.
-//! 7. What was recovered is flushed before the log declares it durable.
+//! 7. What was recovered is flushed, and the directory synced (so the names it found and the
+//!    renames and removals it made are durable), before the log declares anything durable.
 //!
 //! No disk content makes recovery panic: every length and position read from disk is checked
 //! before use. The fuzz target `segment_recovery` holds it to that.
@@ -72,7 +77,14 @@ pub struct RecoveryReport {
     pub indexes_rebuilt: Vec<u64>,
     /// Names of stray files removed.
     pub stray_files_removed: Vec<String>,
+    /// Segment files renamed because their content starts at another offset: `(from, to)`.
+    pub segments_renamed: Vec<(String, String)>,
+    /// Files moved aside as `<name>.quarantined` instead of being deleted.
+    pub files_quarantined: Vec<String>,
 }
+
+/// Suffix of a file recovery moved aside rather than delete.
+pub const QUARANTINE_SUFFIX: &str = ".quarantined";
 
 pub(crate) struct Recovered<M: SegmentMap> {
     pub segments: VecDeque<Segment<M>>,
@@ -234,13 +246,83 @@ fn remove_quietly<I: Io>(io: &I, path: &Path) -> Result<(), StorageError> {
     }
 }
 
+/// Moves `name` aside as `<name>.quarantined` (never over an earlier one), logged.
+fn quarantine<I: Io>(
+    io: &I,
+    dir: &Path,
+    name: &str,
+    why: &str,
+    report: &mut RecoveryReport,
+) -> Result<(), StorageError> {
+    let mut aside = format!("{name}{QUARANTINE_SUFFIX}");
+    let taken = io.list(dir).map_err(|e| StorageError::io("list", dir, e))?;
+    let mut n = 1;
+    while taken.contains(&aside) {
+        n += 1;
+        aside = format!("{name}-{n}{QUARANTINE_SUFFIX}");
+    }
+    tracing::error!(dir = %dir.display(), file = name, moved_to = %aside, reason = why, "recovery quarantined a segment file instead of deleting it");
+    io.rename(&dir.join(name), &dir.join(&aside))
+        .map_err(|e| StorageError::io("quarantine", dir.join(name), e))?;
+    report.files_quarantined.push(name.to_string());
+    Ok(())
+}
+
+/// Rule 0: renames segment files whose first record says they start elsewhere.
+fn rename_misnamed<I: Io>(
+    io: &I,
+    dir: &Path,
+    names: &[String],
+    report: &mut RecoveryReport,
+) -> Result<bool, StorageError> {
+    let mut changed = false;
+    for name in names {
+        let Some(base) = segment::parse_file_name(name).filter(|&b| b < super::OFFSET_MAX) else {
+            continue;
+        };
+        let path = dir.join(name);
+        let map = io
+            .open(&path, None)
+            .map_err(|e| StorageError::io("open segment", &path, e))?;
+        // SAFETY: nobody else holds this mapping.
+        let data = unsafe { map.slice(0, map.len()) };
+        let first = record::decode_header(data, 0, record::ARCHIVE_LEN_MAX)
+            .ok()
+            .map(|h| h.offset)
+            .filter(|&o| o > base && o < super::OFFSET_MAX);
+        drop(map);
+        let Some(actual) = first else { continue };
+        let target = segment::file_name(actual);
+        changed = true;
+        if names.contains(&target) {
+            quarantine(
+                io,
+                dir,
+                name,
+                &format!("its records start at {actual}, and {target} exists"),
+                report,
+            )?;
+            continue;
+        }
+        tracing::warn!(dir = %dir.display(), from = %name, to = %target, "segment named for another offset (a rename lost to a power cut): renamed to match its records");
+        io.rename(&path, &dir.join(&target))
+            .map_err(|e| StorageError::io("rename misnamed segment", &path, e))?;
+        report.segments_renamed.push((name.clone(), target));
+    }
+    Ok(changed)
+}
+
 pub(crate) fn recover<I: Io>(
     io: &I,
     dir: &Path,
     config: &LogConfig,
 ) -> Result<Recovered<I::Map>, StorageError> {
     let mut report = RecoveryReport::default();
-    let names = io.list(dir).map_err(|e| StorageError::io("list", dir, e))?;
+    let list = || io.list(dir).map_err(|e| StorageError::io("list", dir, e));
+    let mut names = list()?;
+    if rename_misnamed(io, dir, &names, &mut report)? {
+        names = list()?;
+    }
     let mut bases: Vec<u64> = names
         .iter()
         .filter_map(|n| segment::parse_file_name(n))
@@ -253,7 +335,8 @@ pub(crate) fn recover<I: Io>(
             .strip_suffix(".index")
             .and_then(|d| segment::parse_file_name(&format!("{d}.log")))
             .is_some_and(|b| bases.binary_search(&b).is_ok());
-        if !is_segment && !is_live_index {
+        if !is_segment && !is_live_index && !name.ends_with(QUARANTINE_SUFFIX) {
+            tracing::debug!(dir = %dir.display(), file = %name, "removing stray file");
             remove_quietly(io, &dir.join(name))?;
             report.stray_files_removed.push(name.clone());
         }
@@ -271,7 +354,13 @@ pub(crate) fn recover<I: Io>(
         let path = dir.join(segment::file_name(base));
         let index_path = dir.join(segment::index_name(base));
         if cut {
-            remove_quietly(io, &path)?;
+            quarantine(
+                io,
+                dir,
+                &segment::file_name(base),
+                "it follows a cut in the log",
+                &mut report,
+            )?;
             remove_quietly(io, &index_path)?;
             report.segments_removed.push(base);
             continue;
@@ -288,7 +377,13 @@ pub(crate) fn recover<I: Io>(
                     },
                 });
                 cut = true;
-                remove_quietly(io, &path)?;
+                quarantine(
+                    io,
+                    dir,
+                    &segment::file_name(base),
+                    &format!("the log before it ends at {e}, it starts at {base}"),
+                    &mut report,
+                )?;
                 remove_quietly(io, &index_path)?;
                 report.segments_removed.push(base);
                 continue;
@@ -409,10 +504,13 @@ pub(crate) fn recover<I: Io>(
         let map = io
             .create(&path, 0)
             .map_err(|e| StorageError::io("create segment", &path, e))?;
-        io.sync_dir(dir)
-            .map_err(|e| StorageError::io("sync dir", dir, e))?;
         segments.push_back(Segment::new(0, path, Arc::new(map), interval));
     }
+    // Rule 7: every name found, created, renamed or removed above is durable before the log
+    // acknowledges anything as durable (a restart right after a roll must not serve durable acks
+    // from a segment whose name a power cut can still take back).
+    io.sync_dir(dir)
+        .map_err(|e| StorageError::io("sync dir", dir, e))?;
     // Only the last segment may be active: a cut in the middle deleted everything after it.
     let next_offset = segments.back().map_or(0, |s| s.next_offset);
     report.segments = segments.len();

@@ -152,7 +152,7 @@ fn storage_code(e: &StorageError) -> ErrorCode {
         StorageError::InvalidRecord { .. } => ErrorCode::CorruptRecord,
         StorageError::NoSpace { .. } => ErrorCode::StorageFull,
         StorageError::OffsetsExhausted { .. } => ErrorCode::StorageFailed,
-        StorageError::Failed { .. } => ErrorCode::StorageFailed,
+        StorageError::Failed { .. } | StorageError::FailStopped { .. } => ErrorCode::StorageFailed,
         StorageError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
         StorageError::Corrupt { .. } => ErrorCode::CorruptRecord,
         StorageError::Io { .. }
