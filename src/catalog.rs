@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use crate::protocol::{valid_topic_name, TopicConfig};
+use crate::protocol::{valid_topic_name, TopicConfig, Visibility};
 use crate::storage::Io;
 
 /// The file operations the catalog needs, through the storage engine's I/O seam, so that a
@@ -101,6 +101,8 @@ pub struct TopicMeta {
     pub retention_bytes: Option<u64>,
     /// Retention by age (`None`: unlimited).
     pub retention_ms: Option<u64>,
+    /// Which records a Fetch may return: all appended, or only durable ones.
+    pub visibility: Visibility,
 }
 
 /// The one meaning of a retention value everywhere (flags, TOML, CreateTopic, AlterTopic): `0`
@@ -116,13 +118,18 @@ impl TopicMeta {
             partitions: self.partitions,
             retention_bytes: self.retention_bytes,
             retention_ms: self.retention_ms,
+            visibility: Some(self.visibility),
         }
     }
 
     fn encode(&self) -> String {
         let opt = |v: Option<u64>| v.map_or("none".to_string(), |v| v.to_string());
+        let visibility = match self.visibility {
+            Visibility::Written => "written",
+            Visibility::Durable => "durable",
+        };
         format!(
-            "name={}\nid={}\npartitions={}\nretention_bytes={}\nretention_ms={}\n",
+            "name={}\nid={}\npartitions={}\nretention_bytes={}\nretention_ms={}\nvisibility={visibility}\n",
             self.name,
             self.id,
             self.partitions,
@@ -156,12 +163,19 @@ impl TopicMeta {
             .ok()
             .filter(|&p| p > 0)
             .ok_or("partitions is out of range")?;
+        // Topics created before visibility existed read what was written.
+        let visibility = match kv.get("visibility").copied() {
+            None | Some("written") => Visibility::Written,
+            Some("durable") => Visibility::Durable,
+            Some(other) => return Err(format!("visibility {other:?} is not written or durable")),
+        };
         Ok(TopicMeta {
             name: get("name")?.to_string(),
             id: num("id")?,
             partitions,
             retention_bytes: opt("retention_bytes")?,
             retention_ms: opt("retention_ms")?,
+            visibility,
         })
     }
 }
@@ -506,6 +520,7 @@ impl Catalog {
             partitions: config.partitions,
             retention_bytes: config.retention_bytes.and_then(retention_limit),
             retention_ms: config.retention_ms.and_then(retention_limit),
+            visibility: config.visibility.unwrap_or(Visibility::Written),
         };
         *next_id += 1;
         let dir = self.topic_dir(&meta);
@@ -527,13 +542,15 @@ impl Catalog {
             .map_err(io_err(&path))
     }
 
-    /// Changes a topic's partition count (up only) or retention (see [`retention_limit`]).
+    /// Changes a topic's partition count (up only), retention (see [`retention_limit`]) or read
+    /// visibility; `None` leaves a setting as it is.
     pub fn alter(
         &self,
         name: &str,
         partitions: Option<u32>,
         retention_bytes: Option<u64>,
         retention_ms: Option<u64>,
+        visibility: Option<Visibility>,
     ) -> Result<Arc<TopicMeta>, CatalogError> {
         let _writer = self.writer();
         let topics = self.snapshot();
@@ -556,6 +573,9 @@ impl Catalog {
         }
         if let Some(v) = retention_ms {
             meta.retention_ms = retention_limit(v);
+        }
+        if let Some(v) = visibility {
+            meta.visibility = v;
         }
         self.persist(&meta)?;
         let meta = Arc::new(meta);
@@ -616,6 +636,7 @@ mod tests {
             partitions,
             retention_bytes: None,
             retention_ms: Some(1000),
+            visibility: None,
         }
     }
 
@@ -636,7 +657,7 @@ mod tests {
             c.create("orders", &config(1)),
             Err(CatalogError::AlreadyExists(_))
         ));
-        c.alter("orders", Some(4), Some(10), None).unwrap();
+        c.alter("orders", Some(4), Some(10), None, None).unwrap();
         c.delete("orders").unwrap();
         let b = c.create("orders", &config(2)).unwrap();
         assert_ne!(a.id, b.id);
@@ -663,7 +684,7 @@ mod tests {
         ));
         c.create("t", &config(2)).unwrap();
         assert!(matches!(
-            c.alter("t", Some(1), None, None),
+            c.alter("t", Some(1), None, None, None),
             Err(CatalogError::InvalidConfig(_))
         ));
         assert!(matches!(
@@ -691,7 +712,7 @@ mod tests {
         ));
         c.create("b", &config(2)).unwrap();
         assert!(matches!(
-            c.alter("b", Some(3), None, None),
+            c.alter("b", Some(3), None, None, None),
             Err(CatalogError::LimitExceeded(_))
         ));
         assert_eq!(c.snapshot().partitions(), 10);
@@ -708,13 +729,14 @@ mod tests {
                     partitions: 1,
                     retention_bytes: Some(0),
                     retention_ms: Some(u64::MAX),
+                    visibility: None,
                 },
             )
             .unwrap();
         assert_eq!((t.retention_bytes, t.retention_ms), (None, None));
-        let t = c.alter("t", None, Some(5), Some(7)).unwrap();
+        let t = c.alter("t", None, Some(5), Some(7), None).unwrap();
         assert_eq!((t.retention_bytes, t.retention_ms), (Some(5), Some(7)));
-        let t = c.alter("t", None, Some(u64::MAX), Some(0)).unwrap();
+        let t = c.alter("t", None, Some(u64::MAX), Some(0), None).unwrap();
         assert_eq!((t.retention_bytes, t.retention_ms), (None, None));
     }
 

@@ -65,6 +65,7 @@ fn given_a_million_messages_over_8_partitions_when_read_back_and_after_restart_s
                 partitions: PARTITIONS,
                 retention_bytes: None,
                 retention_ms: None,
+                visibility: None,
             },
         )
         .unwrap();
@@ -163,6 +164,7 @@ fn fill_with_retention(
                 partitions: 1,
                 retention_bytes: Some(retention_bytes),
                 retention_ms: None,
+                visibility: None,
             },
         )
         .unwrap();
@@ -272,6 +274,7 @@ fn given_a_tokio_application_when_producing_should_await_acknowledgements() {
                 partitions: 2,
                 retention_bytes: None,
                 retention_ms: None,
+                visibility: None,
             },
         )
         .unwrap();
@@ -315,6 +318,7 @@ fn given_a_broker_restart_when_the_same_client_continues_should_reconnect_and_re
                 partitions: 2,
                 retention_bytes: None,
                 retention_ms: None,
+                visibility: None,
             },
         )
         .unwrap();

@@ -315,6 +315,7 @@ fn given_hostile_clients_when_attacking_should_keep_serving_others_within_memory
                 partitions: 4096,
                 retention_bytes: None,
                 retention_ms: None,
+                visibility: None,
             },
         },
     );
@@ -350,6 +351,7 @@ fn given_hostile_clients_when_attacking_should_keep_serving_others_within_memory
                         partitions: 64,
                         retention_bytes: None,
                         retention_ms: None,
+                        visibility: None,
                     },
                 },
             );

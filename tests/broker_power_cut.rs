@@ -127,6 +127,7 @@ fn given_durable_acks_when_power_is_cut_at_random_should_read_back_every_acked_r
                     partitions: PARTITIONS,
                     retention_bytes: None,
                     retention_ms: None,
+                    visibility: None,
                 },
             )
             .unwrap();

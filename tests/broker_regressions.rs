@@ -118,6 +118,7 @@ fn given_a_nonzero_reserved_field_when_requesting_should_answer_invalid_request(
                 partitions: 1,
                 retention_bytes: None,
                 retention_ms: None,
+                visibility: None,
             },
         },
     )
@@ -305,6 +306,7 @@ fn given_retention_zero_or_max_anywhere_should_mean_unlimited_and_keep_the_data(
                 partitions: 1,
                 retention_bytes: Some(u64::MAX),
                 retention_ms: Some(0),
+                visibility: None,
             },
         },
     );
@@ -350,6 +352,7 @@ fn given_retention_zero_or_max_anywhere_should_mean_unlimited_and_keep_the_data(
             partitions: None,
             retention_bytes: Some(u64::MAX),
             retention_ms: None,
+            visibility: None,
         },
     );
     assert_eq!(h.error_code, ErrorCode::None);

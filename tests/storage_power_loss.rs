@@ -37,6 +37,7 @@ fn topic(partitions: u32) -> TopicConfig {
         partitions,
         retention_bytes: None,
         retention_ms: None,
+        visibility: None,
     }
 }
 

@@ -45,13 +45,24 @@ pub fn unique_topic(scenario: &str) -> String {
     format!("loadtest-{scenario}-{}-{ms}", std::process::id())
 }
 
+/// Read visibility of the test topic: `written` or `durable`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VisibilityArg {
+    /// Consumers read every appended record.
+    Written,
+    /// Consumers read only records a flush made durable.
+    Durable,
+}
+
 /// Connects and creates `topic` with `partitions` partitions, keeping at most `retention_bytes`
-/// per partition (`None`: no limit).
+/// per partition (`None`: no limit), with `visibility` (`None`: the broker's default).
 pub fn setup_topic(
     addr: &str,
     topic: &str,
     partitions: u32,
     retention_bytes: Option<u64>,
+    visibility: Option<VisibilityArg>,
 ) -> anyhow::Result<Client> {
     let client = Client::connect(addr, ClientConfig::default())
         .with_context(|| format!("cannot connect to the broker at {addr}"))?;
@@ -62,6 +73,10 @@ pub fn setup_topic(
                 partitions,
                 retention_bytes,
                 retention_ms: None,
+                visibility: visibility.map(|v| match v {
+                    VisibilityArg::Written => levee::protocol::Visibility::Written,
+                    VisibilityArg::Durable => levee::protocol::Visibility::Durable,
+                }),
             },
         )
         .with_context(|| format!("cannot create topic {topic}"))?;

@@ -291,7 +291,7 @@ fn measure(
     topic: &str,
     e2e: bool,
 ) -> anyhow::Result<LatencyResults> {
-    let client = common::setup_topic(&broker.addr, topic, 1, None)?;
+    let client = common::setup_topic(&broker.addr, topic, 1, None, None)?;
     let acks: Acks = args.acks.into();
     let sender = match args.api {
         Api::Run => {

@@ -102,6 +102,9 @@ pub struct ThroughputArgs {
     /// the measured phase writes, or the consumers fail on an out-of-range offset.
     #[arg(long)]
     pub retention_bytes: Option<u64>,
+    /// Read visibility of the test topic: written | durable [default: the broker's].
+    #[arg(long, value_enum)]
+    pub visibility: Option<common::VisibilityArg>,
     /// Whether consumers run after the producers or alongside them.
     #[arg(long, value_enum, default_value_t = Phases::Sequential)]
     pub phases: Phases,
@@ -685,7 +688,13 @@ fn measure(
     produce_for: Duration,
     time_limit: Duration,
 ) -> anyhow::Result<ThroughputResults> {
-    let client = common::setup_topic(&broker.addr, topic, args.partitions, args.retention_bytes)?;
+    let client = common::setup_topic(
+        &broker.addr,
+        topic,
+        args.partitions,
+        args.retention_bytes,
+        args.visibility,
+    )?;
     let addrs = common::partition_addrs(&client, &broker.addr, topic)?;
     let acks: Acks = args.acks.into();
     let concurrent = args.phases == Phases::Concurrent;
@@ -856,10 +865,13 @@ fn join_consumers(handles: Vec<ConsumerHandle<'_>>) -> anyhow::Result<Vec<Consum
         .collect()
 }
 
+/// One producer's partitions and its connection to the owner of each.
+type ProducerConns = (Vec<u32>, HashMap<u32, Arc<Connection>>);
+
 /// Produces `--warmup-messages` with the producers' own connections, untimed.
 fn warm_up(
     args: &ThroughputArgs,
-    producer_conns: &[(Vec<u32>, HashMap<u32, Arc<Connection>>)],
+    producer_conns: &[ProducerConns],
     topic: &str,
     batch: &Batch,
     time_limit: Duration,

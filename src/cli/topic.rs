@@ -1,7 +1,25 @@
 //! `levee topic create|list|describe|alter|delete`.
 
 use levee::client::Client;
-use levee::protocol::TopicConfig;
+use levee::protocol::{TopicConfig, Visibility};
+
+/// `written` | `durable`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum VisibilityArg {
+    /// Fetch returns every appended record.
+    Written,
+    /// Fetch returns only records a flush made durable.
+    Durable,
+}
+
+impl From<VisibilityArg> for Visibility {
+    fn from(v: VisibilityArg) -> Visibility {
+        match v {
+            VisibilityArg::Written => Visibility::Written,
+            VisibilityArg::Durable => Visibility::Durable,
+        }
+    }
+}
 
 /// Topic administration.
 #[derive(Debug, clap::Subcommand)]
@@ -19,6 +37,10 @@ pub enum TopicCommand {
         /// Retention by age in ms (default: the broker's).
         #[arg(long)]
         retention_ms: Option<u64>,
+        /// Which records consumers may read: written | durable (default: durable under
+        /// `--fsync always`, else written).
+        #[arg(long, value_enum)]
+        visibility: Option<VisibilityArg>,
     },
     /// List topics.
     List,
@@ -27,7 +49,7 @@ pub enum TopicCommand {
         /// Topic name.
         name: String,
     },
-    /// Change a topic's partition count (up only) or retention.
+    /// Change a topic's partition count (up only), retention or visibility.
     Alter {
         /// Topic name.
         name: String,
@@ -40,17 +62,15 @@ pub enum TopicCommand {
         /// New retention by age in ms (0 = unlimited).
         #[arg(long)]
         retention_ms: Option<u64>,
+        /// New read visibility: written | durable.
+        #[arg(long, value_enum)]
+        visibility: Option<VisibilityArg>,
     },
     /// Delete a topic and its data.
     Delete {
         /// Topic name.
         name: String,
     },
-}
-
-fn limit(v: Option<u64>) -> Option<u64> {
-    // On the CLI 0 means unlimited; on the wire that is u64::MAX.
-    v.map(|v| if v == 0 { u64::MAX } else { v })
 }
 
 fn show(v: Option<u64>) -> String {
@@ -64,6 +84,7 @@ pub fn run(client: &Client, command: TopicCommand) -> anyhow::Result<()> {
             partitions,
             retention_bytes,
             retention_ms,
+            visibility,
         } => {
             client.create_topic(
                 &name,
@@ -71,6 +92,7 @@ pub fn run(client: &Client, command: TopicCommand) -> anyhow::Result<()> {
                     partitions,
                     retention_bytes,
                     retention_ms,
+                    visibility: visibility.map(Visibility::from),
                 },
             )?;
             println!("created topic {name} with {partitions} partition(s)");
@@ -82,8 +104,13 @@ pub fn run(client: &Client, command: TopicCommand) -> anyhow::Result<()> {
         }
         TopicCommand::Describe { name } => {
             let d = client.describe_topic(&name)?;
+            let visibility = match d.config.visibility {
+                Some(Visibility::Durable) => "durable",
+                Some(Visibility::Written) => "written",
+                None => "written (the broker does not report it)",
+            };
             println!(
-                "topic {} partitions={} retention_bytes={} retention_ms={}",
+                "topic {} partitions={} retention_bytes={} retention_ms={} visibility={visibility}",
                 d.name,
                 d.config.partitions,
                 show(d.config.retention_bytes),
@@ -102,12 +129,15 @@ pub fn run(client: &Client, command: TopicCommand) -> anyhow::Result<()> {
             partitions,
             retention_bytes,
             retention_ms,
+            visibility,
         } => {
+            // 0 means unlimited everywhere, on the CLI as on the wire.
             client.alter_topic(
                 &name,
                 partitions,
-                limit(retention_bytes),
-                limit(retention_ms),
+                retention_bytes,
+                retention_ms,
+                visibility.map(Visibility::from),
             )?;
             println!("altered topic {name}");
         }

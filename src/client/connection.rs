@@ -53,6 +53,8 @@ pub struct ResponseFrame {
     bytes: AlignedVec<16>,
     len: usize,
     header: ResponseHeader,
+    /// The version of the request this answers.
+    version: u16,
     addr: Arc<str>,
     /// Where a large buffer goes back to when the frame is dropped.
     pool: Option<Weak<Mutex<FrameBuffers>>>,
@@ -95,7 +97,7 @@ impl ResponseFrame {
                 message: protocol::error_message(self.bytes()),
             });
         }
-        match protocol::decode_response(self.bytes()) {
+        match protocol::decode_response_at(self.bytes(), self.version) {
             Ok((_, Some(response))) => Ok(response),
             Ok((_, None)) => Err(ClientError::UnexpectedResponse {
                 what: "success response without a body".into(),
@@ -179,6 +181,8 @@ impl Future for ResponseFuture {
 struct Pending {
     tx: oneshot::Sender<Result<ResponseFrame, ClientError>>,
     api_key: ApiKey,
+    /// The version the request was sent at: the response's body follows it.
+    version: u16,
     /// Past this instant without a response the broker is considered stuck and the connection is
     /// closed, which fails this request (and every other pending one) with `Disconnected`.
     deadline: Instant,
@@ -346,9 +350,14 @@ impl Connection {
             _ => Duration::ZERO,
         };
         let version = self.version_or_fail(request.api_key())?;
-        let future = self.send_frame(request.api_key(), true, extra_wait, &[], |out, cid| {
-            encode_request_at(out, version, cid, request).map(|()| Vec::new())
-        })?;
+        let future = self.send_frame(
+            request.api_key(),
+            version,
+            true,
+            extra_wait,
+            &[],
+            |out, cid| encode_request_at(out, version, cid, request).map(|()| Vec::new()),
+        )?;
         future.ok_or_else(|| unreachable_no_future(&self.shared.addr))
     }
 
@@ -368,6 +377,7 @@ impl Connection {
         let version = self.version_or_fail(ApiKey::Produce)?;
         self.send_frame(
             ApiKey::Produce,
+            version,
             expect_response,
             extra_wait,
             &runs,
@@ -383,6 +393,7 @@ impl Connection {
     fn send_frame(
         &self,
         api_key: ApiKey,
+        version: u16,
         expect_response: bool,
         extra_wait: Duration,
         runs: &[&[u8]],
@@ -425,6 +436,7 @@ impl Connection {
                     Pending {
                         tx,
                         api_key,
+                        version,
                         deadline,
                     },
                 );
@@ -613,6 +625,7 @@ impl ConnShared {
             bytes,
             len,
             header,
+            version: p.version,
             addr: self.addr.clone(),
             pool: pooled.then(|| Arc::downgrade(&self.frames)),
         }));

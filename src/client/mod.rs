@@ -49,7 +49,7 @@
 //! let client = Client::connect("127.0.0.1:7070", ClientConfig::default())?;
 //! client.create_topic(
 //!     "orders",
-//!     TopicConfig { partitions: 4, retention_bytes: None, retention_ms: None },
+//!     TopicConfig { partitions: 4, retention_bytes: None, retention_ms: None, visibility: None },
 //! )?;
 //!
 //! let producer = client.producer(ProducerConfig::default())?;
@@ -89,7 +89,7 @@ pub use producer::{
 
 use crate::protocol::{
     self, Acks, ApiKey, ErrorCode, FetchRequest, ListOffsetsBlock, OffsetSpec,
-    PartitionDescription, Request, Response, ShardAddr, TopicConfig, TopicMetadata,
+    PartitionDescription, Request, Response, ShardAddr, TopicConfig, TopicMetadata, Visibility,
 };
 use crate::record::{self, RecordError, RecordRef, Records};
 use oneshot::lock;
@@ -343,7 +343,7 @@ struct ClientInner {
 ///
 /// # fn main() -> Result<(), levee::client::ClientError> {
 /// let client = Client::connect("127.0.0.1:7070", ClientConfig::default())?;
-/// client.create_topic("events", TopicConfig { partitions: 8, retention_bytes: None, retention_ms: Some(86_400_000) })?;
+/// client.create_topic("events", TopicConfig { partitions: 8, retention_bytes: None, retention_ms: Some(86_400_000), visibility: None })?;
 /// for t in client.list_topics()? {
 ///     println!("{} has {} partitions", t.name, t.partitions);
 /// }
@@ -487,19 +487,21 @@ impl Client {
     }
 
     /// Changes a topic: `None` leaves a setting as it is. Partitions may only grow; for retention,
-    /// `Some(u64::MAX)` means unlimited.
+    /// 0 and `u64::MAX` mean unlimited; visibility needs a broker with AlterTopic version 2.
     pub fn alter_topic(
         &self,
         name: &str,
         partitions: Option<u32>,
         retention_bytes: Option<u64>,
         retention_ms: Option<u64>,
+        visibility: Option<Visibility>,
     ) -> Result<(), ClientError> {
         let request = Request::AlterTopic {
             name: name.to_string(),
             partitions,
             retention_bytes,
             retention_ms,
+            visibility,
         };
         let result = self.admin(&request, ApiKey::AlterTopic);
         self.forget_topic(name);

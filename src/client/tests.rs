@@ -337,6 +337,7 @@ fn given_out_of_order_responses_when_pipelined_should_match_by_correlation_id() 
                     partitions: 1,
                     retention_bytes: None,
                     retention_ms: None,
+                    visibility: None,
                 },
                 partitions: vec![],
             };

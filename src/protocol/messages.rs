@@ -39,6 +39,36 @@ impl Acks {
     }
 }
 
+/// Which records of a topic a Fetch may return.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Visibility {
+    /// Every appended record (the log end): lowest latency, but a power cut can take back a
+    /// record a consumer already acted on.
+    Written = 1,
+    /// Only records a flush made durable: a consumer never acts on a record a power cut can take
+    /// back.
+    Durable = 2,
+}
+
+impl Visibility {
+    fn decode(v: u8, position: usize) -> Result<Option<Visibility>, DecodeError> {
+        match v {
+            0 => Ok(None),
+            1 => Ok(Some(Visibility::Written)),
+            2 => Ok(Some(Visibility::Durable)),
+            _ => Err(DecodeError::Invalid {
+                position,
+                what: "visibility is not 0, 1 or 2",
+            }),
+        }
+    }
+
+    fn wire(v: Option<Visibility>) -> u8 {
+        v.map_or(0, |v| v as u8)
+    }
+}
+
 /// Where a ListOffsets lookup points.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OffsetSpec {
@@ -61,6 +91,9 @@ pub struct TopicConfig {
     /// Retention by age in ms. In CreateTopic, `None` takes the broker's default
     /// (`--retention-ms`); in DescribeTopic, `None` is unlimited.
     pub retention_ms: Option<u64>,
+    /// Read visibility. In CreateTopic (v2), `None` takes the broker's default (`durable` under
+    /// `--fsync always`, else `written`); in DescribeTopic (v1), always given.
+    pub visibility: Option<Visibility>,
 }
 
 /// One partition's batch in a Produce request.
@@ -171,7 +204,7 @@ pub enum Request {
         /// Name.
         name: String,
     },
-    /// Changes a topic. `None` leaves a setting as it is; for retention, `u64::MAX` means
+    /// Changes a topic. `None` leaves a setting as it is; for retention, 0 and `u64::MAX` mean
     /// unlimited.
     AlterTopic {
         /// Name.
@@ -182,6 +215,8 @@ pub enum Request {
         retention_bytes: Option<u64>,
         /// New retention by age.
         retention_ms: Option<u64>,
+        /// New read visibility (version 2).
+        visibility: Option<Visibility>,
     },
     /// All topics.
     ListTopics,
@@ -274,6 +309,12 @@ pub fn decode_request_limited(
                 partitions: r.u32()?,
                 retention_bytes: r.opt_u64()?,
                 retention_ms: r.opt_u64()?,
+                visibility: if header.api_version >= 2 {
+                    let at = r.position();
+                    Visibility::decode(r.u8()?, at)?
+                } else {
+                    None
+                },
             },
         },
         ApiKey::DeleteTopic => Request::DeleteTopic { name: r.string()? },
@@ -285,6 +326,12 @@ pub fn decode_request_limited(
                 partitions: partitions_u32(r.opt_u64()?, at)?,
                 retention_bytes: r.opt_u64()?,
                 retention_ms: r.opt_u64()?,
+                visibility: if header.api_version >= 2 {
+                    let at = r.position();
+                    Visibility::decode(r.u8()?, at)?
+                } else {
+                    None
+                },
             }
         }
         ApiKey::ListTopics => Request::ListTopics,
@@ -413,6 +460,15 @@ pub fn encode_request_at(
             w.u32(config.partitions);
             w.opt_u64(config.retention_bytes);
             w.opt_u64(config.retention_ms);
+            match (version, config.visibility) {
+                (2.., v) => w.u8(Visibility::wire(v)),
+                (_, None) => {}
+                (_, Some(_)) => {
+                    return Err(EncodeError::Unsupported {
+                        what: "a topic's visibility needs CreateTopic version 2",
+                    })
+                }
+            }
         }
         Request::DeleteTopic { name } | Request::DescribeTopic { name } => w.str(name),
         Request::AlterTopic {
@@ -420,11 +476,21 @@ pub fn encode_request_at(
             partitions,
             retention_bytes,
             retention_ms,
+            visibility,
         } => {
             w.str(name);
             w.opt_u64(partitions.map(u64::from));
             w.opt_u64(*retention_bytes);
             w.opt_u64(*retention_ms);
+            match (version, visibility) {
+                (2.., v) => w.u8(Visibility::wire(*v)),
+                (_, None) => {}
+                (_, Some(_)) => {
+                    return Err(EncodeError::Unsupported {
+                        what: "changing a topic's visibility needs AlterTopic version 2",
+                    })
+                }
+            }
         }
         Request::ListTopics => {}
         Request::Produce(_) => {
@@ -648,6 +714,18 @@ pub fn encode_response(
     correlation_id: u32,
     response: &Response,
 ) -> Result<(), EncodeError> {
+    encode_response_at(out, key, key.versions().1, correlation_id, response)
+}
+
+/// Encodes a successful response for a request of `version` (the body of DescribeTopic depends
+/// on it).
+pub fn encode_response_at(
+    out: &mut Vec<u8>,
+    key: ApiKey,
+    version: u16,
+    correlation_id: u32,
+    response: &Response,
+) -> Result<(), EncodeError> {
     begin_response(out, key as u16, ErrorCode::None, correlation_id);
     let mut w = Writer::new(out);
     match response {
@@ -695,6 +773,9 @@ pub fn encode_response(
             w.u32(config.partitions);
             w.opt_u64(config.retention_bytes);
             w.opt_u64(config.retention_ms);
+            if version >= 1 {
+                w.u8(Visibility::wire(config.visibility));
+            }
             w.count(partitions.len());
             for p in partitions {
                 w.u32(p.partition);
@@ -767,6 +848,16 @@ pub fn encode_fetch_response(
 /// check `header.error_code` first, and read the message with [`super::error_message`].
 pub fn decode_response(frame: &[u8]) -> Result<(ResponseHeader, Option<Response>), DecodeError> {
     let header = response_header(frame)?;
+    let version = ApiKey::from_u16(header.api_key).map_or(0, |k| k.versions().1);
+    decode_response_at(frame, version)
+}
+
+/// Decodes a whole response frame to a request sent at `version`.
+pub fn decode_response_at(
+    frame: &[u8],
+    version: u16,
+) -> Result<(ResponseHeader, Option<Response>), DecodeError> {
+    let header = response_header(frame)?;
     if header.error_code != ErrorCode::None {
         return Ok((header, None));
     }
@@ -827,6 +918,12 @@ pub fn decode_response(frame: &[u8]) -> Result<(ResponseHeader, Option<Response>
                 partitions: r.u32()?,
                 retention_bytes: r.opt_u64()?,
                 retention_ms: r.opt_u64()?,
+                visibility: if version >= 1 {
+                    let at = r.position();
+                    Visibility::decode(r.u8()?, at)?
+                } else {
+                    None
+                },
             };
             let n = r.count(4 + 2 + 32)?;
             let mut partitions = Vec::with_capacity(n);

@@ -86,18 +86,18 @@ impl ApiKey {
     /// response may carry: from version 1 on, a request that breaks a broker limit (blocks per
     /// request, partitions per topic or in total) gets [`ErrorCode::LimitExceeded`]; a version-0
     /// client gets the code it already knows instead ([`ErrorCode::for_version`]).
+    ///
+    /// Version 2 of CreateTopic and AlterTopic, and version 1 of DescribeTopic, carry a topic's
+    /// read visibility (docs/protocol.md §6.3, §6.5, §6.7).
     pub fn versions(self) -> (u16, u16) {
         match self {
+            ApiKey::CreateTopic | ApiKey::AlterTopic => (0, 2),
             ApiKey::Metadata
-            | ApiKey::CreateTopic
-            | ApiKey::AlterTopic
             | ApiKey::Produce
             | ApiKey::Fetch
-            | ApiKey::ListOffsets => (0, 1),
-            ApiKey::ApiVersions
-            | ApiKey::DeleteTopic
-            | ApiKey::ListTopics
-            | ApiKey::DescribeTopic => (0, 0),
+            | ApiKey::ListOffsets
+            | ApiKey::DescribeTopic => (0, 1),
+            ApiKey::ApiVersions | ApiKey::DeleteTopic | ApiKey::ListTopics => (0, 0),
         }
     }
 

@@ -19,27 +19,47 @@ fn opt() -> impl Strategy<Value = Option<u64>> {
     proptest::option::of(any::<u64>())
 }
 
+fn visibility() -> impl Strategy<Value = Option<Visibility>> {
+    proptest::option::of(prop_oneof![
+        Just(Visibility::Written),
+        Just(Visibility::Durable)
+    ])
+}
+
 fn request() -> impl Strategy<Value = Request> {
     prop_oneof![
         name().prop_map(|client_id| Request::ApiVersions { client_id }),
         proptest::collection::vec(name(), 0..4).prop_map(|topics| Request::Metadata { topics }),
-        (name(), any::<u32>(), opt(), opt()).prop_map(|(name, p, rb, rm)| Request::CreateTopic {
-            name,
-            config: TopicConfig {
-                partitions: p,
-                retention_bytes: rb,
-                retention_ms: rm
-            },
+        (name(), any::<u32>(), opt(), opt(), visibility()).prop_map(|(name, p, rb, rm, v)| {
+            Request::CreateTopic {
+                name,
+                config: TopicConfig {
+                    partitions: p,
+                    retention_bytes: rb,
+                    retention_ms: rm,
+                    visibility: v,
+                },
+            }
         }),
         name().prop_map(|name| Request::DeleteTopic { name }),
-        (name(), proptest::option::of(any::<u32>()), opt(), opt()).prop_map(
-            |(name, partitions, retention_bytes, retention_ms)| Request::AlterTopic {
-                name,
-                partitions,
-                retention_bytes,
-                retention_ms,
-            }
-        ),
+        (
+            name(),
+            proptest::option::of(any::<u32>()),
+            opt(),
+            opt(),
+            visibility()
+        )
+            .prop_map(
+                |(name, partitions, retention_bytes, retention_ms, visibility)| {
+                    Request::AlterTopic {
+                        name,
+                        partitions,
+                        retention_bytes,
+                        retention_ms,
+                        visibility,
+                    }
+                }
+            ),
         Just(Request::ListTopics),
         name().prop_map(|name| Request::DescribeTopic { name }),
         (
@@ -344,4 +364,56 @@ fn given_values_the_format_cannot_carry_when_encoding_should_fail_typed_not_pani
     )
     .unwrap_err();
     assert!(matches!(e, EncodeError::Unsupported { .. }));
+}
+
+#[test]
+fn given_a_visibility_when_encoded_at_an_older_version_should_refuse_and_the_broker_default_stays()
+{
+    let create = |visibility| Request::CreateTopic {
+        name: "t".into(),
+        config: TopicConfig {
+            partitions: 1,
+            retention_bytes: None,
+            retention_ms: None,
+            visibility,
+        },
+    };
+    let mut out = Vec::new();
+    let e = encode_request_at(&mut out, 1, 1, &create(Some(Visibility::Durable))).unwrap_err();
+    assert!(matches!(e, EncodeError::Unsupported { .. }));
+    // Without one, an old version encodes, and decodes with the broker's default (None).
+    encode_request_at(&mut out, 1, 1, &create(None)).unwrap();
+    assert_eq!(decode_request(&out).unwrap().1, create(None));
+    encode_request_at(&mut out, 2, 1, &create(Some(Visibility::Durable))).unwrap();
+    assert_eq!(
+        decode_request(&out).unwrap().1,
+        create(Some(Visibility::Durable))
+    );
+    let last = out.len() - 1;
+    out[last] = 3;
+    assert!(decode_request(&out).is_err(), "visibility 3 is invalid");
+}
+
+#[test]
+fn given_a_describe_response_when_encoded_per_version_should_carry_visibility_from_v1() {
+    let response = Response::DescribeTopic {
+        name: "t".into(),
+        config: TopicConfig {
+            partitions: 1,
+            retention_bytes: None,
+            retention_ms: Some(5),
+            visibility: Some(Visibility::Durable),
+        },
+        partitions: vec![],
+    };
+    let mut v0 = Vec::new();
+    encode_response_at(&mut v0, ApiKey::DescribeTopic, 0, 9, &response).unwrap();
+    let mut v1 = Vec::new();
+    encode_response_at(&mut v1, ApiKey::DescribeTopic, 1, 9, &response).unwrap();
+    assert_eq!(v1.len(), v0.len() + 1);
+    let Some(Response::DescribeTopic { config, .. }) = decode_response_at(&v0, 0).unwrap().1 else {
+        panic!("v0")
+    };
+    assert_eq!(config.visibility, None);
+    assert_eq!(decode_response_at(&v1, 1).unwrap().1, Some(response));
 }

@@ -144,6 +144,13 @@ pub struct Partition<I: Io> {
     pub appended: Event,
 }
 
+impl<I: Io> Partition<I> {
+    /// The topic's name.
+    pub fn topic(&self) -> &str {
+        &self.meta.name
+    }
+}
+
 /// A topic's open partitions on this shard, by partition number.
 type Slots<I> = Vec<Option<Rc<Partition<I>>>>;
 

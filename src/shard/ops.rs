@@ -11,6 +11,7 @@ use event_listener::EventListener;
 
 use super::{Shard, ShardError};
 use crate::config::FsyncPolicy;
+use crate::protocol::Visibility;
 use crate::runtime;
 use crate::storage::{Appended, DurableWait, Io, Slice, StorageError};
 
@@ -128,7 +129,8 @@ impl<I: Io> Shard<I> {
     }
 
     /// Reads whole records from `offset`, at most `max_bytes` but at least one record when one
-    /// exists. At the log end the slice is empty.
+    /// exists. At the end of what the topic's visibility shows (the log end, or the durable
+    /// offset for a `durable` topic) the slice is empty, and `next` is that end.
     pub fn read(
         &self,
         topic: &str,
@@ -138,17 +140,26 @@ impl<I: Io> Shard<I> {
     ) -> Result<ReadOutcome<I::Map>, ShardError> {
         let part = self.partition(topic, partition)?;
         let log = part.log.borrow();
+        let end = self.visible_end(topic, &log);
         let slice = log
-            .read(offset, max_bytes.max(1))
+            .read_below(offset, max_bytes.max(1), end)
             .map_err(|e| storage(topic, partition, e))?;
         self.stats
             .bytes_out
             .fetch_add(slice.bytes().len() as u64, Relaxed);
         Ok(ReadOutcome {
             earliest: log.earliest_offset(),
-            next: log.next_offset(),
+            next: end,
             slice,
         })
+    }
+
+    /// Where what readers of `topic` may see ends: the log end, or the durable offset.
+    fn visible_end(&self, topic: &str, log: &crate::storage::Log<I>) -> u64 {
+        match self.topics().get(topic).map(|m| m.visibility) {
+            Some(Visibility::Durable) => log.durable_offset().min(log.next_offset()),
+            _ => log.next_offset(),
+        }
     }
 
     /// Looks up an offset of a local partition.
@@ -212,12 +223,37 @@ impl<I: Io> Shard<I> {
                 },
             }
         }
+        let durable: Vec<bool> = wanted_topics(&parts)
+            .iter()
+            .map(|t| {
+                self.topics()
+                    .get(t)
+                    .is_some_and(|m| m.visibility == Visibility::Durable)
+            })
+            .collect();
         loop {
-            let listeners: Vec<EventListener> =
-                parts.iter().map(|(p, _)| p.appended.listen()).collect();
-            let ready = parts
+            // A durable-only topic shows new records when a flush makes them durable, not when
+            // they are appended: wait for that, without asking for a flush.
+            let listeners: Vec<EventListener> = parts
                 .iter()
-                .any(|(p, offset)| p.log.borrow().next_offset() > *offset);
+                .zip(&durable)
+                .map(|((p, _), &d)| {
+                    if d {
+                        p.log.borrow().watch_durable()
+                    } else {
+                        p.appended.listen()
+                    }
+                })
+                .collect();
+            let ready = parts.iter().zip(&durable).any(|((p, offset), &d)| {
+                let log = p.log.borrow();
+                let end = if d {
+                    log.durable_offset().min(log.next_offset())
+                } else {
+                    log.next_offset()
+                };
+                end > *offset
+            });
             if ready || self.is_stopping() {
                 return;
             }
@@ -240,4 +276,9 @@ impl<I: Io> Shard<I> {
             }
         }
     }
+}
+
+/// The topic of each waited-for partition.
+fn wanted_topics<I: Io>(parts: &[(std::rc::Rc<super::Partition<I>>, u64)]) -> Vec<String> {
+    parts.iter().map(|(p, _)| p.topic().to_string()).collect()
 }

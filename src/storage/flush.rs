@@ -99,6 +99,9 @@ pub(crate) struct Shared {
     written: AtomicU64,
     failed: AtomicBool,
     flushes: AtomicU64,
+    /// Notified whenever `durable` moves (or the log fails): readers of durable-only topics wait
+    /// on it without asking for a flush.
+    advanced: event_listener::Event,
     /// A timer entry is armed for the bytes published since the last flush.
     timer_armed: AtomicBool,
     dir: PathBuf,
@@ -373,6 +376,7 @@ fn flush_round(log: &Arc<Shared>) {
         w.wake();
     }
     log.done.notify_all();
+    log.advanced.notify(usize::MAX);
     if again {
         log.pool.push(Job::Flush(log.clone()));
     }
@@ -445,6 +449,7 @@ impl Flusher {
             written: AtomicU64::new(next_offset),
             failed: AtomicBool::new(false),
             flushes: AtomicU64::new(0),
+            advanced: event_listener::Event::new(),
             timer_armed: AtomicBool::new(false),
             dir,
             interval,
@@ -500,6 +505,11 @@ impl Flusher {
     /// Every offset below this is durable.
     pub fn durable(&self) -> u64 {
         lock(&self.shared.state).durable
+    }
+
+    /// A listener notified when the durable offset next moves (without asking for a flush).
+    pub fn watch(&self) -> event_listener::EventListener {
+        self.shared.advanced.listen()
     }
 
     /// True once a flush has failed: the log takes no more writes.

@@ -268,6 +268,11 @@ impl<I: Io> Log<I> {
         self.flusher.durable()
     }
 
+    /// A listener notified when the durable offset next moves; it does not ask for a flush.
+    pub fn watch_durable(&self) -> event_listener::EventListener {
+        self.flusher.watch()
+    }
+
     /// Bytes of records stored.
     pub fn size_bytes(&self) -> u64 {
         self.segments.iter().map(|s| s.len as u64).sum()
@@ -553,6 +558,18 @@ impl<I: Io> Log<I> {
     /// when one exists), from a single segment. Every record returned passed its CRC checks and has
     /// the expected offset; reading at the log end returns an empty slice.
     pub fn read(&self, offset: u64, max_bytes: usize) -> Result<Slice<I::Map>, StorageError> {
+        self.read_below(offset, max_bytes, self.next_offset)
+    }
+
+    /// As [`Log::read`], returning only records below `below` (the durable offset, for a reader
+    /// that must never see what a power cut can take back). From `below` up to the log end the
+    /// slice is empty.
+    pub fn read_below(
+        &self,
+        offset: u64,
+        max_bytes: usize,
+        below: u64,
+    ) -> Result<Slice<I::Map>, StorageError> {
         let earliest = self.earliest_offset();
         if offset < earliest || offset > self.next_offset {
             return Err(StorageError::OffsetOutOfRange {
@@ -566,7 +583,7 @@ impl<I: Io> Log<I> {
             .partition_point(|s| s.base_offset <= offset)
             .saturating_sub(1);
         let segment = &self.segments[i];
-        if offset == segment.next_offset {
+        if offset == segment.next_offset || offset >= below {
             return Ok(Slice {
                 map: segment.map.clone(),
                 _reader: segment.readers.clone(),
@@ -591,7 +608,7 @@ impl<I: Io> Log<I> {
         let mut end = start;
         let mut at = offset;
         let mut ahead = start;
-        while end < segment.len {
+        while end < segment.len && at < below {
             let wanted = (end + PREFETCH_BYTES).min(segment.len);
             if wanted > ahead {
                 prefetch(&data[ahead..wanted]);

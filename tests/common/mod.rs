@@ -249,6 +249,7 @@ pub fn create(raw: &mut Raw, name: &str, partitions: u32) {
                 partitions,
                 retention_bytes: None,
                 retention_ms: None,
+                visibility: None,
             },
         },
     );

@@ -11,6 +11,7 @@ use super::{by_owner, catalog_code, shard_code, Req};
 use crate::catalog::{CatalogError, TopicMeta};
 use crate::protocol::{
     ApiKey, ErrorCode, PartitionDescription, Response, ShardAddr, TopicConfig, TopicMetadata,
+    Visibility,
 };
 use crate::runtime;
 use crate::server::response::Outgoing;
@@ -110,6 +111,14 @@ pub(super) async fn create_topic<M: SegmentMap>(
     if config.retention_ms.is_none() {
         config.retention_ms = shared.config.retention_ms;
     }
+    if config.visibility.is_none() {
+        // With every append flushed before it is acknowledged, consumers see only what survives
+        // a power cut; otherwise they see what was written, as soon as it was.
+        config.visibility = Some(match shared.config.fsync {
+            crate::config::FsyncPolicy::Always => Visibility::Durable,
+            _ => Visibility::Written,
+        });
+    }
     let catalog = shared.catalog.clone();
     catalog_change(req, move || catalog.create(&name, &config)).await
 }
@@ -123,17 +132,29 @@ pub(super) async fn delete_topic<M: SegmentMap>(
     catalog_change(req, move || catalog.delete(&name)).await
 }
 
+/// The settings an AlterTopic changes (`None`: unchanged).
+pub(super) struct TopicChange {
+    pub partitions: Option<u32>,
+    pub retention_bytes: Option<u64>,
+    pub retention_ms: Option<u64>,
+    pub visibility: Option<Visibility>,
+}
+
 pub(super) async fn alter_topic<M: SegmentMap>(
     req: Req,
     shared: &Arc<Shared>,
     name: String,
-    partitions: Option<u32>,
-    retention_bytes: Option<u64>,
-    retention_ms: Option<u64>,
+    c: TopicChange,
 ) -> Outgoing<M> {
     let catalog = shared.catalog.clone();
     catalog_change(req, move || {
-        catalog.alter(&name, partitions, retention_bytes, retention_ms)
+        catalog.alter(
+            &name,
+            c.partitions,
+            c.retention_bytes,
+            c.retention_ms,
+            c.visibility,
+        )
     })
     .await
 }

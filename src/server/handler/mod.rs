@@ -57,10 +57,11 @@ impl Req {
         Outgoing::Frame(out)
     }
 
-    /// A successful response, or an error response if it cannot be a frame (too large).
+    /// A successful response, for this request's version, or an error response if it cannot be
+    /// a frame (too large).
     fn ok<M: SegmentMap>(&self, response: &Response) -> Outgoing<M> {
         let mut out = Vec::new();
-        match protocol::encode_response(&mut out, self.key, self.cid, response) {
+        match protocol::encode_response_at(&mut out, self.key, self.version, self.cid, response) {
             Ok(()) => Outgoing::Frame(out),
             Err(e) => self.error(
                 ErrorCode::LimitExceeded,
@@ -117,9 +118,16 @@ pub(crate) async fn handle<I: Io>(
             partitions,
             retention_bytes,
             retention_ms,
-        } => Some(
-            admin::alter_topic(req, shared, name, partitions, retention_bytes, retention_ms).await,
-        ),
+            visibility,
+        } => {
+            let change = admin::TopicChange {
+                partitions,
+                retention_bytes,
+                retention_ms,
+                visibility,
+            };
+            Some(admin::alter_topic(req, shared, name, change).await)
+        }
         Request::ListTopics => Some(admin::list_topics(req, shard)),
         Request::DescribeTopic { name } => Some(admin::describe_topic(req, shard, name).await),
         Request::Produce(p) => produce::produce(req, shard, shared, p, frame).await,
