@@ -102,6 +102,10 @@ pub(crate) struct Shared {
     /// Notified whenever `durable` moves (or the log fails): readers of durable-only topics wait
     /// on it without asking for a flush.
     advanced: event_listener::Event,
+    /// Directory changes marked so far, and how many of them a completed directory sync covers:
+    /// a job that needs a change durable syncs the directory itself only if no flush did.
+    dir_changes: AtomicU64,
+    dir_synced: AtomicU64,
     /// A timer entry is armed for the bytes published since the last flush.
     timer_armed: AtomicBool,
     dir: PathBuf,
@@ -323,6 +327,7 @@ fn flush_round(log: &Arc<Shared>) {
     let target = log.written.load(Ordering::Acquire);
     let maps: Vec<Arc<dyn SegmentMap>> = st.dirty.iter().map(|d| d.map.clone()).collect();
     let dir_dirty = std::mem::take(&mut st.dir_dirty);
+    let dir_changes = log.dir_changes.load(Ordering::Acquire);
     drop(st);
     // Bytes published from here on need a timer of their own.
     log.timer_armed.store(false, Ordering::Release);
@@ -330,6 +335,9 @@ fn flush_round(log: &Arc<Shared>) {
     let mut result = Ok(());
     if dir_dirty {
         result = (log.sync_dir)(&log.dir);
+        if result.is_ok() {
+            log.dir_synced.fetch_max(dir_changes, Ordering::AcqRel);
+        }
     }
     if result.is_ok() {
         for m in &maps {
@@ -450,6 +458,8 @@ impl Flusher {
             failed: AtomicBool::new(false),
             flushes: AtomicU64::new(0),
             advanced: event_listener::Event::new(),
+            dir_changes: AtomicU64::new(0),
+            dir_synced: AtomicU64::new(0),
             timer_armed: AtomicBool::new(false),
             dir,
             interval,
@@ -475,7 +485,17 @@ impl Flusher {
     /// Marks the directory's entries as changed (a segment retired, renamed or removed): the next
     /// flush syncs the directory before it makes anything durable.
     pub(crate) fn dir_changed(&self) {
-        lock(&self.shared.state).dir_dirty = true;
+        let mut st = lock(&self.shared.state);
+        st.dir_dirty = true;
+        self.shared.dir_changes.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A check, for another thread, that every directory change marked so far is durable:
+    /// `true` once a flush has synced the directory since.
+    pub(crate) fn dir_changes_durable(&self) -> impl Fn() -> bool + Send + 'static {
+        let shared = self.shared.clone();
+        let needed = shared.dir_changes.load(Ordering::Acquire);
+        move || shared.dir_synced.load(Ordering::Acquire) >= needed
     }
 
     /// Marks a mapping as sealed at `next_offset` and queues its checkpoint.
