@@ -306,6 +306,39 @@ fn given_hostile_clients_when_attacking_should_keep_serving_others_within_memory
     );
     drop(deaf);
 
+    // 4. Clients that trickle a frame in, one byte every 500 ms (a 16-byte frame would take 8 s):
+    // measured while they trickle, then closed once frame_read_timeout_ms (4 s) passes.
+    let trickling: Vec<std::thread::JoinHandle<bool>> = (0..20)
+        .map(|_| {
+            let addr = broker.addr;
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(addr).unwrap();
+                let frame = encode(1, &Request::ListTopics);
+                let started = Instant::now();
+                for byte in frame.iter().cycle() {
+                    if s.write_all(&[*byte]).is_err() {
+                        return true;
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                    if started.elapsed() > Duration::from_secs(15) {
+                        return false;
+                    }
+                }
+                false
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    check(
+        "20 clients trickling a byte every 500 ms",
+        &broker,
+        &mut probe,
+        before,
+    );
+    for t in trickling {
+        assert!(t.join().unwrap(), "a trickling client was never closed");
+    }
+
     // 5. A topic of 4,096 partitions, described at once; then create/delete while probing.
     let (h, _, _) = raw.call(
         11,

@@ -786,6 +786,7 @@ impl<I: Io> Log<I> {
         while self.segments.len() > keep {
             let gone = self.segments.pop_back().expect("len > keep");
             self.flusher.forget_map(&dyn_map(&gone.map));
+            self.flusher.dir_changed();
             for path in [
                 gone.path.clone(),
                 gone.path

@@ -467,6 +467,7 @@ pub(crate) fn recover<I: Io>(
         let keep_as_active = is_last || cut;
         if !keep_as_active && segment.is_empty() {
             // A segment with no record in the middle of the log holds nothing: drop it.
+            tracing::info!(dir = %dir.display(), segment = base, "removing an empty segment in the middle of the log");
             remove_quietly(io, &path)?;
             remove_quietly(io, &index_path)?;
             report.segments_removed.push(base);
