@@ -503,11 +503,37 @@ impl Catalog {
     }
 
     /// Creates a topic: its directory and meta file are durable before this returns. Retention
-    /// values follow [`retention_limit`].
+    /// values follow [`retention_limit`]. Names starting with [`INTERNAL_PREFIX`] are refused:
+    /// internal topics are made by the broker ([`Catalog::ensure_internal`]).
     pub fn create(&self, name: &str, config: &TopicConfig) -> Result<Arc<TopicMeta>, CatalogError> {
         if !valid_topic_name(name) || name.starts_with(INTERNAL_PREFIX) {
             return Err(CatalogError::InvalidName(name.to_string()));
         }
+        self.create_unchecked(name, config)
+    }
+
+    /// The internal topic `name` (its name starts with [`INTERNAL_PREFIX`]), created with
+    /// `config` if it does not exist yet; an existing one is left as it is.
+    pub fn ensure_internal(
+        &self,
+        name: &str,
+        config: &TopicConfig,
+    ) -> Result<Arc<TopicMeta>, CatalogError> {
+        assert!(
+            name.starts_with(INTERNAL_PREFIX),
+            "not an internal topic name"
+        );
+        if let Some(meta) = self.get(name) {
+            return Ok(meta);
+        }
+        self.create_unchecked(name, config)
+    }
+
+    fn create_unchecked(
+        &self,
+        name: &str,
+        config: &TopicConfig,
+    ) -> Result<Arc<TopicMeta>, CatalogError> {
         let mut next_id = self.writer();
         let topics = self.snapshot();
         if topics.get(name).is_some() {

@@ -137,6 +137,14 @@ pub struct BrokerConfig {
     pub partitions_max: u64,
     /// Threads that flush logs and prepare segments, shared by every partition.
     pub flush_threads: usize,
+    /// Partitions of the internal topic of committed offsets (fixed once it exists): groups are
+    /// spread over their owner shards by it.
+    pub group_offsets_partitions: u32,
+    /// Most consumer groups (with members or committed offsets) the broker holds; each
+    /// coordinator (offsets partition) takes an equal share.
+    pub groups_max: usize,
+    /// Most members of one consumer group.
+    pub group_members_max: usize,
     /// Segment file reservation.
     pub segment_bytes: usize,
     /// Roll a non-empty segment older than this.
@@ -187,6 +195,9 @@ impl Default for BrokerConfig {
             topic_partitions_max: 4096,
             partitions_max: 100_000,
             flush_threads: 4,
+            group_offsets_partitions: 16,
+            groups_max: 100_000,
+            group_members_max: 1000,
             segment_bytes: 128 << 20,
             segment_ms: 7 * 24 * 3600 * 1000,
             record_bytes_max: 1 << 20,
@@ -267,6 +278,15 @@ pub struct ConfigLayer {
     /// Storage threads (flushes, segment preparation) [default: 4].
     #[arg(long, env = "LEVEE_FLUSH_THREADS")]
     pub flush_threads: Option<usize>,
+    /// Partitions of the committed-offsets topic, fixed once created [default: 16].
+    #[arg(long, env = "LEVEE_GROUP_OFFSETS_PARTITIONS")]
+    pub group_offsets_partitions: Option<u32>,
+    /// Most consumer groups in the broker [default: 100000].
+    #[arg(long, env = "LEVEE_GROUPS_MAX")]
+    pub groups_max: Option<usize>,
+    /// Most members of one consumer group [default: 1000].
+    #[arg(long, env = "LEVEE_GROUP_MEMBERS_MAX")]
+    pub group_members_max: Option<usize>,
     /// Segment file size [default: 134217728].
     #[arg(long, env = "LEVEE_SEGMENT_BYTES")]
     pub segment_bytes: Option<usize>,
@@ -374,6 +394,9 @@ impl ConfigLayer {
             topic_partitions_max,
             partitions_max,
             flush_threads,
+            group_offsets_partitions,
+            groups_max,
+            group_members_max,
             segment_bytes,
             segment_ms,
             record_bytes_max,
@@ -442,6 +465,11 @@ impl ConfigLayer {
             topic_partitions_max: self.topic_partitions_max.unwrap_or(d.topic_partitions_max),
             partitions_max: self.partitions_max.unwrap_or(d.partitions_max),
             flush_threads: self.flush_threads.unwrap_or(d.flush_threads),
+            group_offsets_partitions: self
+                .group_offsets_partitions
+                .unwrap_or(d.group_offsets_partitions),
+            groups_max: self.groups_max.unwrap_or(d.groups_max),
+            group_members_max: self.group_members_max.unwrap_or(d.group_members_max),
             segment_bytes: self.segment_bytes.unwrap_or(d.segment_bytes),
             segment_ms: self.segment_ms.unwrap_or(d.segment_ms),
             record_bytes_max: self.record_bytes_max.unwrap_or(d.record_bytes_max),
@@ -509,6 +537,12 @@ impl BrokerConfig {
         }
         if self.topic_partitions_max == 0 || self.partitions_max == 0 {
             return invalid("topic_partitions_max/partitions_max", "must be at least 1");
+        }
+        if self.group_offsets_partitions == 0 || self.group_offsets_partitions > 1024 {
+            return invalid("group_offsets_partitions", "must be 1..=1024");
+        }
+        if self.groups_max == 0 || self.group_members_max == 0 {
+            return invalid("groups_max/group_members_max", "must be at least 1");
         }
         if self.flush_threads == 0 || self.flush_threads > 64 {
             return invalid("flush_threads", "must be 1..=64");

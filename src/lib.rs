@@ -37,6 +37,8 @@ pub mod client;
 #[cfg(feature = "broker")]
 pub mod config;
 pub mod failpoint;
+#[cfg(feature = "broker")]
+pub mod group;
 pub mod protocol;
 pub mod record;
 #[cfg(feature = "broker")]

@@ -139,10 +139,10 @@ fn given_hostile_frames_when_sent_should_answer_typed_or_close_and_keep_serving(
     // Unknown api key and unsupported version: typed errors, connection stays open.
     let mut raw = Raw::connect(broker.addr);
     let mut frame = Vec::new();
-    protocol::encode_request(&mut frame, 5, &Request::ListTopics).unwrap();
+    protocol::encode_request(&mut frame, 5, &Request::ListTopics { internal: false }).unwrap();
     frame[4] = 250;
     expect_error_then_open(&mut raw, &frame, ErrorCode::UnknownApiKey);
-    protocol::encode_request(&mut frame, 6, &Request::ListTopics).unwrap();
+    protocol::encode_request(&mut frame, 6, &Request::ListTopics { internal: false }).unwrap();
     frame[6] = 9;
     expect_error_then_open(&mut raw, &frame, ErrorCode::UnsupportedVersion);
     // A body that does not decode (a string running past the frame).
@@ -152,7 +152,7 @@ fn given_hostile_frames_when_sent_should_answer_typed_or_close_and_keep_serving(
 
     // A truncated frame followed by EOF: closed without a response.
     let mut raw = Raw::connect(broker.addr);
-    protocol::encode_request(&mut frame, 8, &Request::ListTopics).unwrap();
+    protocol::encode_request(&mut frame, 8, &Request::ListTopics { internal: false }).unwrap();
     let mut cut = frame.clone();
     cut[0] = 100;
     raw.stream.write_all(&cut).unwrap();

@@ -313,7 +313,7 @@ fn given_hostile_clients_when_attacking_should_keep_serving_others_within_memory
             let addr = broker.addr;
             std::thread::spawn(move || {
                 let mut s = TcpStream::connect(addr).unwrap();
-                let frame = encode(1, &Request::ListTopics);
+                let frame = encode(1, &Request::ListTopics { internal: false });
                 let started = Instant::now();
                 for byte in frame.iter().cycle() {
                     if s.write_all(&[*byte]).is_err() {

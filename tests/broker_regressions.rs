@@ -92,7 +92,7 @@ fn given_a_damaged_topic_meta_when_restarting_should_quarantine_the_topic_and_ke
     let metrics = broker.http_get("/metrics");
     assert!(metrics.contains("levee_topics_quarantined 1"), "{metrics}");
     let mut raw = Raw::connect(broker.addr);
-    let (_, body, _) = raw.call(4, &Request::ListTopics);
+    let (_, body, _) = raw.call(4, &Request::ListTopics { internal: false });
     assert_eq!(body, Some(Response::ListTopics(vec![("other".into(), 1)])));
     let (_, body, _) = raw.call(5, &fetch_one("other", 0, 1, 0));
     assert!(
@@ -132,7 +132,7 @@ fn given_a_nonzero_reserved_field_when_requesting_should_answer_invalid_request(
         (77, ErrorCode::InvalidRequest)
     );
     assert!(protocol::error_message(&resp).contains("reserved"));
-    let (_, body, _) = raw.call(78, &Request::ListTopics);
+    let (_, body, _) = raw.call(78, &Request::ListTopics { internal: false });
     assert_eq!(body, Some(Response::ListTopics(vec![])));
 }
 
@@ -376,8 +376,8 @@ fn given_more_connections_than_allowed_when_one_more_asks_should_answer_busy() {
     let broker = TestBroker::start(dir.path(), &["--connections-max", "2"]);
     let mut a = Raw::connect(broker.addr);
     let mut b = Raw::connect(broker.addr);
-    a.call(1, &Request::ListTopics);
-    b.call(1, &Request::ListTopics);
+    a.call(1, &Request::ListTopics { internal: false });
+    b.call(1, &Request::ListTopics { internal: false });
     let mut c = Raw::connect(broker.addr);
     let mut out = Vec::new();
     protocol::encode_request(
@@ -402,7 +402,7 @@ fn given_more_connections_than_allowed_when_one_more_asks_should_answer_busy() {
     loop {
         let mut d = Raw::connect(broker.addr);
         let mut out = Vec::new();
-        protocol::encode_request(&mut out, 6, &Request::ListTopics).unwrap();
+        protocol::encode_request(&mut out, 6, &Request::ListTopics { internal: false }).unwrap();
         d.send(&out);
         let frame = d.recv().expect("an answer");
         let (h, _) = protocol::decode_response(&frame).unwrap();
@@ -448,7 +448,7 @@ fn given_panics_in_the_broker_should_isolate_requests_and_fail_stop_on_a_dead_sh
     let (h, _, frame) = raw.call(2, &Request::DescribeTopic { name: "t".into() });
     assert_eq!(h.error_code, ErrorCode::Internal);
     assert!(protocol::error_message(&frame).contains("failpoint request-panic"));
-    let (h, _, _) = raw.call(3, &Request::ListTopics);
+    let (h, _, _) = raw.call(3, &Request::ListTopics { internal: false });
     assert_eq!(h.error_code, ErrorCode::None, "the connection goes on");
     assert!(broker
         .http_get("/metrics")
@@ -475,7 +475,7 @@ fn given_a_frame_trickling_in_when_it_takes_too_long_should_close_the_connection
     slow.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     let mut out = Vec::new();
-    protocol::encode_request(&mut out, 1, &Request::ListTopics).unwrap();
+    protocol::encode_request(&mut out, 1, &Request::ListTopics { internal: false }).unwrap();
     let started = Instant::now();
     let mut closed = false;
     for byte in out.iter().take(out.len() - 1) {

@@ -1,10 +1,13 @@
 //! `levee consume TOPIC`: one message per stdout line, from a position, until a count or a quiet
-//! period.
+//! period. With `--group`, as a member of a consumer group, committing what it printed.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use levee::client::{Client, ConsumedRecord, ConsumerConfig, StartFrom};
+use levee::client::{
+    Client, ConsumedRecord, ConsumerConfig, GroupConsumerConfig, ResetPolicy, StartFrom,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -18,11 +21,16 @@ pub enum Format {
 pub struct ConsumeArgs {
     /// Topic to consume.
     topic: String,
-    /// earliest | latest | OFFSET | @UNIX_MS.
+    /// Join this consumer group: read the partitions it assigns, from its committed offsets, and
+    /// commit each message once printed.
+    #[arg(long)]
+    group: Option<String>,
+    /// earliest | latest | OFFSET | @UNIX_MS. With --group: where to start in partitions the
+    /// group never committed (earliest or latest only).
     #[arg(long, default_value = "latest", value_parser = parse_from)]
     from: StartFrom,
     /// Only this partition (default: all).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "group")]
     partition: Option<u32>,
     /// Stop after this many messages.
     #[arg(long)]
@@ -89,12 +97,68 @@ fn render(r: &ConsumedRecord, format: Format) -> String {
     }
 }
 
+/// Where messages come from: a plain consumer or a group member.
+trait Source {
+    fn poll(&mut self, wait: Duration) -> anyhow::Result<Vec<ConsumedRecord>>;
+    /// Called with the records just printed and flushed.
+    fn printed(&mut self, records: &[ConsumedRecord]) -> anyhow::Result<()>;
+}
+
+impl Source for levee::client::Consumer {
+    fn poll(&mut self, wait: Duration) -> anyhow::Result<Vec<ConsumedRecord>> {
+        Ok(levee::client::Consumer::poll(self, wait)?)
+    }
+    fn printed(&mut self, _: &[ConsumedRecord]) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+impl Source for levee::client::GroupConsumer {
+    fn poll(&mut self, wait: Duration) -> anyhow::Result<Vec<ConsumedRecord>> {
+        Ok(levee::client::GroupConsumer::poll(self, wait)?)
+    }
+    /// Commits exactly what was printed (a poll may return more than `--count` lets print).
+    fn printed(&mut self, records: &[ConsumedRecord]) -> anyhow::Result<()> {
+        let mut next: BTreeMap<(String, u32), u64> = BTreeMap::new();
+        for r in records {
+            next.insert((r.topic.clone(), r.partition), r.offset + 1);
+        }
+        let offsets: Vec<(String, u32, u64)> =
+            next.into_iter().map(|((t, p), o)| (t, p, o)).collect();
+        self.commit_offsets(&offsets)?;
+        Ok(())
+    }
+}
+
 pub fn run(client: &Client, args: ConsumeArgs) -> anyhow::Result<()> {
     super::check_partition(client, &args.topic, args.partition)?;
-    let mut config = ConsumerConfig::new(&args.topic);
-    config.start = args.from;
-    config.partitions = args.partition.map(|p| vec![p]);
-    let mut consumer = client.consumer(config)?;
+    match &args.group {
+        Some(group) => {
+            let reset = match args.from {
+                StartFrom::Earliest => ResetPolicy::Earliest,
+                StartFrom::Latest => ResetPolicy::Latest,
+                _ => super::usage_error(
+                    "with --group, --from is earliest or latest (where to start in partitions \
+                     the group never committed); move a group with `levee group reset`",
+                ),
+            };
+            let mut config = GroupConsumerConfig::new(group, [&args.topic]);
+            config.reset = reset;
+            let mut consumer = client.group_consumer(config)?;
+            print_until_done(&mut consumer, &args)?;
+            consumer.close()?;
+        }
+        None => {
+            let mut config = ConsumerConfig::new(&args.topic);
+            config.start = args.from;
+            config.partitions = args.partition.map(|p| vec![p]);
+            print_until_done(&mut client.consumer(config)?, &args)?;
+        }
+    }
+    Ok(())
+}
+
+fn print_until_done(source: &mut dyn Source, args: &ConsumeArgs) -> anyhow::Result<()> {
     let quiet = args.timeout_ms.map(Duration::from_millis);
     let mut last = Instant::now();
     let mut printed = 0u64;
@@ -107,7 +171,7 @@ pub fn run(client: &Client, args: ConsumeArgs) -> anyhow::Result<()> {
             q.saturating_sub(last.elapsed())
                 .min(Duration::from_millis(500))
         });
-        let records = consumer.poll(wait)?;
+        let mut records = source.poll(wait)?;
         if records.is_empty() {
             if quiet.is_some_and(|q| last.elapsed() >= q) {
                 break;
@@ -115,15 +179,17 @@ pub fn run(client: &Client, args: ConsumeArgs) -> anyhow::Result<()> {
             continue;
         }
         last = Instant::now();
+        if let Some(n) = args.count {
+            records.truncate(usize::try_from(n - printed).unwrap_or(usize::MAX));
+        }
         let mut out = stdout.lock();
         for r in &records {
-            if args.count.is_some_and(|n| printed >= n) {
-                break;
-            }
             writeln!(out, "{}", render(r, args.format))?;
-            printed += 1;
         }
         out.flush()?;
+        drop(out);
+        printed += records.len() as u64;
+        source.printed(&records)?;
     }
     Ok(())
 }

@@ -4,6 +4,7 @@
 //! This module parses and prints; the work is the library's.
 
 mod consume;
+mod group;
 mod produce;
 #[cfg(feature = "broker")]
 mod serve;
@@ -41,6 +42,17 @@ enum Command {
     Produce(produce::ProduceArgs),
     /// Print messages, one per line.
     Consume(consume::ConsumeArgs),
+    /// List, describe, reset and delete consumer groups.
+    #[command(subcommand)]
+    Group(group::GroupCommand),
+}
+
+/// Exits with a usage error (code 2) for a combination of flags clap cannot check.
+fn usage_error(message: &str) -> ! {
+    use clap::CommandFactory;
+    Cli::command()
+        .error(clap::error::ErrorKind::ArgumentConflict, message)
+        .exit()
 }
 
 /// Fails, naming the topic, unless it exists and has `partition` (when given): before any line is
@@ -71,5 +83,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Topic(c) => topic::run(&connect(&cli.broker)?, c),
         Command::Produce(a) => produce::run(&connect(&cli.broker)?, a),
         Command::Consume(a) => consume::run(&connect(&cli.broker)?, a),
+        Command::Group(c) => group::run(&connect(&cli.broker)?, c),
     }
 }

@@ -43,7 +43,12 @@ pub enum TopicCommand {
         visibility: Option<VisibilityArg>,
     },
     /// List topics.
-    List,
+    List {
+        /// Include the broker's internal topics (committed offsets, retries, delays, dead
+        /// letters).
+        #[arg(long)]
+        internal: bool,
+    },
     /// Show a topic's configuration and partitions.
     Describe {
         /// Topic name.
@@ -97,8 +102,8 @@ pub fn run(client: &Client, command: TopicCommand) -> anyhow::Result<()> {
             )?;
             println!("created topic {name} with {partitions} partition(s)");
         }
-        TopicCommand::List => {
-            for t in client.list_topics()? {
+        TopicCommand::List { internal } => {
+            for t in client.list_topics_with(internal)? {
                 println!("{}\t{}", t.name, t.partitions);
             }
         }

@@ -37,6 +37,10 @@ use crate::protocol::{
     EncodeError, ErrorCode, FrameBuffers, Request, Response, ResponseHeader, HEADER_LEN,
 };
 
+/// Extra wait on a JoinGroup beyond its rebalance timeout: the broker's initial rebalance delay
+/// (300 ms) twice over.
+const JOIN_SETTLE_SLACK: Duration = Duration::from_millis(600);
+
 /// Bytes read from the socket at a time; frames larger than this are read straight into their own
 /// aligned buffer instead of through this one.
 const READ_CHUNK_BYTES: usize = 64 << 10;
@@ -337,7 +341,8 @@ impl Connection {
 
     /// Sends any request but Produce (see [`Connection::produce`]). Blocks while the in-flight
     /// window is full, for at most `request_timeout_ms`. The response's deadline is
-    /// `request_timeout_ms`, plus `max_wait_ms` for a Fetch.
+    /// `request_timeout_ms`, plus `max_wait_ms` for a Fetch and the rebalance timeout for a
+    /// JoinGroup.
     pub fn request(&self, request: &Request) -> Result<ResponseFuture, ClientError> {
         if matches!(request, Request::Produce(_)) {
             return Err(ClientError::InvalidConfig {
@@ -347,6 +352,11 @@ impl Connection {
         }
         let extra_wait = match request {
             Request::Fetch(f) => Duration::from_millis(u64::from(f.max_wait_ms)),
+            // A join is answered when the group's rebalance settles: by the rebalance timeout,
+            // plus the initial delay that gathers members started together.
+            Request::JoinGroup(j) => {
+                Duration::from_millis(u64::from(j.rebalance_timeout_ms)) + JOIN_SETTLE_SLACK
+            }
             _ => Duration::ZERO,
         };
         let version = self.version_or_fail(request.api_key())?;

@@ -72,6 +72,8 @@ impl ConsumerConfig {
 /// One record, copied out of the fetched frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsumedRecord {
+    /// Topic name.
+    pub topic: String,
     /// Partition number.
     pub partition: u32,
     /// Offset in the partition.
@@ -90,7 +92,11 @@ pub struct ConsumedRecord {
 
 impl ConsumedRecord {
     /// Copies one checked record out of its buffer.
-    pub fn from_record(partition: u32, record: &RecordRef<'_>) -> Result<Self, ClientError> {
+    pub fn from_record(
+        topic: &str,
+        partition: u32,
+        record: &RecordRef<'_>,
+    ) -> Result<Self, ClientError> {
         let archived = record.message()?;
         let message: Message =
             rkyv::deserialize::<Message, rancor::Error>(archived).map_err(|e| {
@@ -100,6 +106,7 @@ impl ConsumedRecord {
                 }
             })?;
         Ok(ConsumedRecord {
+            topic: topic.to_string(),
             partition,
             offset: record.offset(),
             timestamp_ms: record.header.timestamp_ms,
@@ -140,8 +147,8 @@ impl ConsumedRecord {
 pub struct Consumer {
     client: Client,
     config: ConsumerConfig,
-    /// `(partition, next offset to read)`, sorted by partition.
-    positions: Vec<(u32, u64)>,
+    /// Next offset to read per partition, sorted by partition.
+    positions: Vec<Position>,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -182,7 +189,11 @@ impl Consumer {
                 StartFrom::Latest => lookup(OffsetSpec::Latest)?,
                 StartFrom::Timestamp(t) => lookup(OffsetSpec::Timestamp(t))?,
             };
-            positions.push((p, offset));
+            positions.push(Position {
+                topic: config.topic.clone(),
+                partition: p,
+                offset,
+            });
         }
         Ok(Consumer {
             client,
@@ -198,22 +209,22 @@ impl Consumer {
 
     /// The partitions read, ascending.
     pub fn partitions(&self) -> Vec<u32> {
-        self.positions.iter().map(|&(p, _)| p).collect()
+        self.positions.iter().map(|p| p.partition).collect()
     }
 
     /// The next offset to be read from `partition`, if it is one of the consumer's.
     pub fn position(&self, partition: u32) -> Option<u64> {
         self.positions
             .iter()
-            .find(|&&(p, _)| p == partition)
-            .map(|&(_, o)| o)
+            .find(|p| p.partition == partition)
+            .map(|p| p.offset)
     }
 
     /// Moves the position of `partition` (one of the consumer's) to `offset`.
     pub fn seek(&mut self, partition: u32, offset: u64) -> Result<(), ClientError> {
-        match self.positions.iter_mut().find(|(p, _)| *p == partition) {
+        match self.positions.iter_mut().find(|p| p.partition == partition) {
             Some(pos) => {
-                pos.1 = offset;
+                pos.offset = offset;
                 Ok(())
             }
             None => Err(ClientError::InvalidConfig {
@@ -227,116 +238,190 @@ impl Consumer {
     /// when none did), advancing the positions past it. Out-of-range positions are reset as
     /// `reset` says; broken connections are retried up to the client's `retries`.
     pub fn poll(&mut self, timeout: Duration) -> Result<Vec<ConsumedRecord>, ClientError> {
-        self.poll_with(timeout, |fetched, out| {
-            let mut next = None;
-            for record in fetched.records() {
-                let record = record?;
-                out.push(ConsumedRecord::from_record(fetched.partition(), &record)?);
-                next = Some(record.offset() + 1);
-            }
-            Ok(next)
-        })
+        let settings = self.settings();
+        poll_positions(
+            &self.client,
+            &settings,
+            &mut self.positions,
+            timeout,
+            &|| false,
+            copy_records,
+        )
     }
 
     /// Like [`poll`](Consumer::poll), but hands back the fetched frames themselves, so records are
     /// read in place with no copy ([`Fetched::records`], [`RecordRef::message`]). Every record's
     /// CRCs were checked; each returned `Fetched` holds at least one record.
     pub fn poll_fetched(&mut self, timeout: Duration) -> Result<Vec<Fetched>, ClientError> {
-        self.poll_with(timeout, |fetched, out| {
-            let next = fetched.last_offset_plus_one()?;
-            if next.is_some() {
-                out.push(fetched);
-            }
-            Ok(next)
-        })
+        let settings = self.settings();
+        poll_positions(
+            &self.client,
+            &settings,
+            &mut self.positions,
+            timeout,
+            &|| false,
+            keep_frames,
+        )
     }
 
-    /// One poll: fetch rounds until something arrives or `timeout` passes. `take` moves a fetch's
-    /// records into the output and returns the position after them (`None` when it held none).
-    fn poll_with<T>(
-        &mut self,
-        timeout: Duration,
-        mut take: impl FnMut(Fetched, &mut Vec<T>) -> Result<Option<u64>, ClientError>,
-    ) -> Result<Vec<T>, ClientError> {
-        let deadline = Instant::now() + timeout;
-        let topic = self.config.topic.clone();
-        let mut failed_rounds = 0;
-        loop {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            let wait_ms = remaining
-                .as_millis()
-                .min(u128::from(self.config.max_wait_ms)) as u32;
-            // Every partition's fetch is in flight before the first is waited for.
-            let started: Vec<_> = self
-                .positions
-                .iter()
-                .map(|&(p, offset)| {
-                    self.client
-                        .fetch_start(&topic, p, offset, self.config.fetch_max_bytes, wait_ms)
-                })
-                .collect();
-            let mut out = Vec::new();
-            let mut error: Option<ClientError> = None;
-            for (i, started) in started.into_iter().enumerate() {
-                let (partition, offset) = self.positions[i];
-                let result = started
-                    .and_then(|future| future.wait())
-                    .and_then(|frame| self.client.fetch_finish(frame, &topic, partition, offset))
-                    .and_then(|fetched| take(fetched, &mut out));
-                match result {
-                    Ok(Some(next)) => self.positions[i].1 = next,
-                    Ok(None) => {}
-                    Err(ClientError::OffsetOutOfRange {
-                        earliest, latest, ..
-                    }) if self.config.reset != ResetPolicy::Error => {
-                        let to = match self.config.reset {
-                            ResetPolicy::Earliest => earliest,
-                            _ => latest,
-                        };
-                        tracing::info!(
-                            topic,
-                            partition,
-                            from = offset,
-                            to,
-                            "offset out of range; position reset"
-                        );
-                        self.positions[i].1 = to;
-                    }
-                    Err(e) => {
-                        if error.as_ref().is_none_or(|prev| prev.is_retriable()) {
-                            error = Some(e);
-                        }
+    fn settings(&self) -> FetchSettings {
+        FetchSettings {
+            max_wait_ms: self.config.max_wait_ms,
+            fetch_max_bytes: self.config.fetch_max_bytes,
+            reset: self.config.reset,
+        }
+    }
+}
+
+/// Copies a fetch's records out ([`Consumer::poll`]); returns the position after them.
+pub(crate) fn copy_records(
+    fetched: Fetched,
+    out: &mut Vec<ConsumedRecord>,
+) -> Result<Option<u64>, ClientError> {
+    let mut next = None;
+    for record in fetched.records() {
+        let record = record?;
+        out.push(ConsumedRecord::from_record(
+            fetched.topic(),
+            fetched.partition(),
+            &record,
+        )?);
+        next = Some(record.offset() + 1);
+    }
+    Ok(next)
+}
+
+/// Keeps a fetch's frame whole ([`Consumer::poll_fetched`]); returns the position after it.
+pub(crate) fn keep_frames(
+    fetched: Fetched,
+    out: &mut Vec<Fetched>,
+) -> Result<Option<u64>, ClientError> {
+    let next = fetched.last_offset_plus_one()?;
+    if next.is_some() {
+        out.push(fetched);
+    }
+    Ok(next)
+}
+
+/// The next offset to read in one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Position {
+    pub topic: String,
+    pub partition: u32,
+    pub offset: u64,
+}
+
+/// How a poll fetches.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FetchSettings {
+    pub max_wait_ms: u32,
+    pub fetch_max_bytes: u32,
+    pub reset: ResetPolicy,
+}
+
+/// How often a poll with nothing to read looks at `interrupted`.
+const IDLE_CHECK: Duration = Duration::from_millis(20);
+
+/// One poll over `positions`: fetch rounds until something arrives, `timeout` passes, or
+/// `interrupted` says to stop (checked between rounds). `take` moves a fetch's records into the
+/// output and returns the position after them (`None` when it held none).
+pub(crate) fn poll_positions<T>(
+    client: &Client,
+    settings: &FetchSettings,
+    positions: &mut [Position],
+    timeout: Duration,
+    interrupted: &dyn Fn() -> bool,
+    mut take: impl FnMut(Fetched, &mut Vec<T>) -> Result<Option<u64>, ClientError>,
+) -> Result<Vec<T>, ClientError> {
+    let deadline = Instant::now() + timeout;
+    let mut failed_rounds = 0;
+    loop {
+        if interrupted() {
+            return Ok(Vec::new());
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if positions.is_empty() {
+            // Nothing assigned: wait, but notice an interruption (a rebalance) soon.
+            if remaining.is_zero() {
+                return Ok(Vec::new());
+            }
+            std::thread::sleep(remaining.min(IDLE_CHECK));
+            continue;
+        }
+        let wait_ms = remaining.as_millis().min(u128::from(settings.max_wait_ms)) as u32;
+        // Every partition's fetch is in flight before the first is waited for.
+        let started: Vec<_> = positions
+            .iter()
+            .map(|p| {
+                client.fetch_start(
+                    &p.topic,
+                    p.partition,
+                    p.offset,
+                    settings.fetch_max_bytes,
+                    wait_ms,
+                )
+            })
+            .collect();
+        let mut out = Vec::new();
+        let mut error: Option<ClientError> = None;
+        for (pos, started) in positions.iter_mut().zip(started) {
+            let result = started
+                .and_then(|future| future.wait())
+                .and_then(|frame| client.fetch_finish(frame, &pos.topic, pos.partition, pos.offset))
+                .and_then(|fetched| take(fetched, &mut out));
+            match result {
+                Ok(Some(next)) => pos.offset = next,
+                Ok(None) => {}
+                Err(ClientError::OffsetOutOfRange {
+                    earliest, latest, ..
+                }) if settings.reset != ResetPolicy::Error => {
+                    let to = match settings.reset {
+                        ResetPolicy::Earliest => earliest,
+                        _ => latest,
+                    };
+                    tracing::info!(
+                        topic = pos.topic,
+                        partition = pos.partition,
+                        from = pos.offset,
+                        to,
+                        "offset out of range; position reset"
+                    );
+                    pos.offset = to;
+                }
+                Err(e) => {
+                    if error.as_ref().is_none_or(|prev| prev.is_retriable()) {
+                        error = Some(e);
                     }
                 }
             }
-            if !out.is_empty() {
-                // Records already taken must be handed over: the positions moved past them. A
-                // failed partition fails again on the next poll.
-                if let Some(e) = error {
-                    tracing::debug!(error = %e, "partition failed; returning the others' records");
-                }
-                return Ok(out);
+        }
+        if !out.is_empty() {
+            // Records already taken must be handed over: the positions moved past them. A
+            // failed partition fails again on the next poll.
+            if let Some(e) = error {
+                tracing::debug!(error = %e, "partition failed; returning the others' records");
             }
-            match error {
-                Some(e) if !e.is_retriable() => return Err(e),
-                Some(e) => {
-                    failed_rounds += 1;
-                    if failed_rounds > self.client.config().retries {
-                        return Err(e);
-                    }
-                    self.client.mark_stale();
-                    let pause = self.client.config().backoff(failed_rounds);
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return Err(e);
-                    }
-                    std::thread::sleep(pause.min(left));
+            return Ok(out);
+        }
+        match error {
+            Some(e) if !e.is_retriable() => return Err(e),
+            Some(e) => {
+                failed_rounds += 1;
+                if failed_rounds > client.config().retries {
+                    return Err(e);
                 }
-                None => {
-                    failed_rounds = 0;
-                    if Instant::now() >= deadline {
-                        return Ok(out);
-                    }
+                client.mark_stale();
+                let pause = client.config().backoff(failed_rounds);
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(e);
+                }
+                std::thread::sleep(pause.min(left));
+            }
+            None => {
+                failed_rounds = 0;
+                if Instant::now() >= deadline {
+                    return Ok(out);
                 }
             }
         }

@@ -114,9 +114,12 @@ pub enum ClientError {
     /// A request could not be encoded (a name too long for the protocol, a frame over 64 MiB).
     #[error("cannot encode the request: {0}")]
     Encode(#[from] EncodeError),
-    /// The producer was closed; no more records are accepted.
-    #[error("producer is closed")]
+    /// The producer or consumer was closed; it accepts no more calls.
+    #[error("the producer or consumer is closed")]
     Closed,
+    /// A background thread (a consumer's heartbeat) could not be started.
+    #[error("cannot start a thread: {0}")]
+    Thread(String),
 }
 
 impl ClientError {

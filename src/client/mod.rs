@@ -68,6 +68,7 @@
 mod connection;
 mod consumer;
 mod error;
+mod group;
 mod oneshot;
 mod producer;
 
@@ -83,6 +84,7 @@ use std::time::{Duration, Instant};
 pub use connection::{Connection, ResponseFrame, ResponseFuture};
 pub use consumer::{ConsumedRecord, Consumer, ConsumerConfig, ResetPolicy, StartFrom};
 pub use error::ClientError;
+pub use group::{CommittedOffset, GroupConsumer, GroupConsumerConfig};
 pub use producer::{
     partition_for_key, Producer, ProducerConfig, ProducerRecord, RecordMetadata, SendFuture,
 };
@@ -407,6 +409,11 @@ fn unexpected(expected: ApiKey, got: &Response) -> ClientError {
         Response::Produce(_) => "Produce",
         Response::Fetch(_) => "Fetch",
         Response::ListOffsets(_) => "ListOffsets",
+        Response::JoinGroup(_) => "JoinGroup",
+        Response::OffsetCommit(_) => "OffsetCommit",
+        Response::OffsetFetch(_) => "OffsetFetch",
+        Response::DescribeGroup(_) => "DescribeGroup",
+        Response::ListGroups(_) => "ListGroups",
     };
     ClientError::UnexpectedResponse {
         what: format!("expected a {expected:?} body, got {got}"),
@@ -508,17 +515,22 @@ impl Client {
         result.map(drop)
     }
 
-    /// Names and partition counts of every topic.
+    /// Names and partition counts of every topic but the internal ones.
     pub fn list_topics(&self) -> Result<Vec<TopicSummary>, ClientError> {
-        self.retrying(
-            || match self.admin(&Request::ListTopics, ApiKey::ListTopics)? {
-                Response::ListTopics(topics) => Ok(topics
-                    .into_iter()
-                    .map(|(name, partitions)| TopicSummary { name, partitions })
-                    .collect()),
-                other => Err(unexpected(ApiKey::ListTopics, &other)),
-            },
-        )
+        self.list_topics_with(false)
+    }
+
+    /// Names and partition counts of every topic; with `internal`, the broker's internal topics
+    /// too (committed offsets, retries, delays, dead letters: names starting `__`).
+    pub fn list_topics_with(&self, internal: bool) -> Result<Vec<TopicSummary>, ClientError> {
+        let request = Request::ListTopics { internal };
+        self.retrying(|| match self.admin(&request, ApiKey::ListTopics)? {
+            Response::ListTopics(topics) => Ok(topics
+                .into_iter()
+                .map(|(name, partitions)| TopicSummary { name, partitions })
+                .collect()),
+            other => Err(unexpected(ApiKey::ListTopics, &other)),
+        })
     }
 
     /// One topic's configuration and its partitions' owners and offsets.
@@ -849,7 +861,7 @@ impl Client {
         self.bootstrap_connection()
     }
 
-    fn bootstrap_connection(&self) -> Result<Arc<Connection>, ClientError> {
+    pub(crate) fn bootstrap_connection(&self) -> Result<Arc<Connection>, ClientError> {
         {
             let slot = lock(&self.inner.bootstrap_conn);
             match slot.as_ref() {

@@ -384,14 +384,20 @@ fn given_pending_requests_when_broker_disconnects_should_fail_all_with_disconnec
     let seen = Arc::new(AtomicUsize::new(0));
     let counter = seen.clone();
     let broker = FakeBroker::start(&[], move |_, _, request, _| {
-        if matches!(request, Request::ListTopics) && counter.fetch_add(1, Ordering::SeqCst) == 1 {
+        if matches!(request, Request::ListTopics { .. })
+            && counter.fetch_add(1, Ordering::SeqCst) == 1
+        {
             return Flow::Close;
         }
         Flow::Continue
     });
     let conn = Connection::connect(&broker.addr(), &test_config()).expect("connect");
-    let mut first = conn.request(&Request::ListTopics).expect("send");
-    let mut second = conn.request(&Request::ListTopics).expect("send");
+    let mut first = conn
+        .request(&Request::ListTopics { internal: false })
+        .expect("send");
+    let mut second = conn
+        .request(&Request::ListTopics { internal: false })
+        .expect("send");
     for future in [&mut first, &mut second] {
         match future.wait_timeout(TEST_WAIT) {
             Err(ClientError::Disconnected { .. }) => {}
@@ -401,7 +407,7 @@ fn given_pending_requests_when_broker_disconnects_should_fail_all_with_disconnec
     assert!(conn.is_dead());
     assert_eq!(conn.in_flight(), 0);
     assert!(matches!(
-        conn.request(&Request::ListTopics),
+        conn.request(&Request::ListTopics { internal: false }),
         Err(ClientError::Disconnected { .. })
     ));
 }
@@ -415,12 +421,20 @@ fn given_full_window_when_requesting_should_block_until_a_slot_frees() {
         ..test_config()
     };
     let conn = Arc::new(Connection::connect(&broker.addr(), &config).expect("connect"));
-    let _a = conn.request(&Request::ListTopics).expect("send");
-    let _b = conn.request(&Request::ListTopics).expect("send");
+    let _a = conn
+        .request(&Request::ListTopics { internal: false })
+        .expect("send");
+    let _b = conn
+        .request(&Request::ListTopics { internal: false })
+        .expect("send");
     let (tx, rx) = mpsc::channel();
     let third = conn.clone();
     let blocked = thread::spawn(move || {
-        let _ = tx.send(third.request(&Request::ListTopics).map(drop));
+        let _ = tx.send(
+            third
+                .request(&Request::ListTopics { internal: false })
+                .map(drop),
+        );
     });
     // Still blocked after a while: the window holds.
     assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());
@@ -435,7 +449,7 @@ fn given_full_window_when_requesting_should_block_until_a_slot_frees() {
 fn given_acks_none_when_producing_should_register_no_pending_entry() {
     // Answers only ListTopics; never answers a Produce (a real broker sends nothing for acks=none).
     let broker = FakeBroker::start(&[("t", 1)], |conn, header, request, _| {
-        if matches!(request, Request::ListTopics) {
+        if matches!(request, Request::ListTopics { .. }) {
             let mut out = Vec::new();
             let body = Response::ListTopics(vec![("t".into(), 1)]);
             encode_response(&mut out, ApiKey::ListTopics, header.correlation_id, &body).unwrap();
@@ -453,7 +467,9 @@ fn given_acks_none_when_producing_should_register_no_pending_entry() {
     broker.wait_for(1, is_produce);
     assert_eq!(broker.produces(), vec![(Acks::None, vec![2])]);
     // The connection is not confused by the missing response.
-    let mut list = conn.request(&Request::ListTopics).expect("send");
+    let mut list = conn
+        .request(&Request::ListTopics { internal: false })
+        .expect("send");
     assert!(list.wait_timeout(TEST_WAIT).is_ok());
 
     // Through the producer: the send completes with no offset.

@@ -7,6 +7,9 @@
 
 use std::ops::Range;
 
+use super::groups::{
+    self, GroupDescription, GroupSummary, JoinGroupRequest, JoinGroupResponse, OffsetCommitRequest,
+};
 use super::wire::{Reader, Writer};
 use super::{
     begin_request, begin_response, finish_frame, request_header, response_header, ApiKey,
@@ -219,7 +222,10 @@ pub enum Request {
         visibility: Option<Visibility>,
     },
     /// All topics.
-    ListTopics,
+    ListTopics {
+        /// Include the internal topics (names starting `__`); version 1.
+        internal: bool,
+    },
     /// One topic in detail.
     DescribeTopic {
         /// Name.
@@ -231,6 +237,45 @@ pub enum Request {
     Fetch(FetchRequest),
     /// Looks up offsets.
     ListOffsets(Vec<ListOffsetsBlock>),
+    /// Joins a consumer group.
+    JoinGroup(JoinGroupRequest),
+    /// Keeps a group member alive.
+    Heartbeat {
+        /// The group.
+        group: String,
+        /// The member.
+        member_id: String,
+        /// The member's generation.
+        generation: u32,
+    },
+    /// Leaves a group.
+    LeaveGroup {
+        /// The group.
+        group: String,
+        /// The member.
+        member_id: String,
+    },
+    /// Commits positions.
+    OffsetCommit(OffsetCommitRequest),
+    /// Reads committed positions; an empty list means every committed one.
+    OffsetFetch {
+        /// The group.
+        group: String,
+        /// `(topic, partition)` to read.
+        partitions: Vec<(String, u32)>,
+    },
+    /// One group in detail.
+    DescribeGroup {
+        /// The group.
+        group: String,
+    },
+    /// Every group.
+    ListGroups,
+    /// Deletes a group with no members.
+    DeleteGroup {
+        /// The group.
+        group: String,
+    },
 }
 
 // Smallest encodings, used to bound array counts before allocating.
@@ -334,7 +379,23 @@ pub fn decode_request_limited(
                 },
             }
         }
-        ApiKey::ListTopics => Request::ListTopics,
+        ApiKey::ListTopics => Request::ListTopics {
+            internal: if header.api_version >= 1 {
+                let at = r.position();
+                match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => {
+                        return Err(DecodeError::Invalid {
+                            position: at,
+                            what: "include_internal is not 0 or 1",
+                        })
+                    }
+                }
+            } else {
+                false
+            },
+        },
         ApiKey::DescribeTopic => Request::DescribeTopic { name: r.string()? },
         ApiKey::Produce => {
             let at = r.position();
@@ -404,6 +465,24 @@ pub fn decode_request_limited(
             }
             Request::ListOffsets(blocks)
         }
+        ApiKey::JoinGroup => Request::JoinGroup(groups::read_join_request(&mut r, count)?),
+        ApiKey::Heartbeat => Request::Heartbeat {
+            group: r.string()?,
+            member_id: r.string()?,
+            generation: r.u32()?,
+        },
+        ApiKey::LeaveGroup => Request::LeaveGroup {
+            group: r.string()?,
+            member_id: r.string()?,
+        },
+        ApiKey::OffsetCommit => Request::OffsetCommit(groups::read_commit_request(&mut r, count)?),
+        ApiKey::OffsetFetch => Request::OffsetFetch {
+            group: r.string()?,
+            partitions: groups::read_partitions(&mut r, count)?,
+        },
+        ApiKey::DescribeGroup => Request::DescribeGroup { group: r.string()? },
+        ApiKey::ListGroups => Request::ListGroups,
+        ApiKey::DeleteGroup => Request::DeleteGroup { group: r.string()? },
     };
     r.finish()?;
     Ok((header, request))
@@ -418,11 +497,19 @@ impl Request {
             Request::CreateTopic { .. } => ApiKey::CreateTopic,
             Request::DeleteTopic { .. } => ApiKey::DeleteTopic,
             Request::AlterTopic { .. } => ApiKey::AlterTopic,
-            Request::ListTopics => ApiKey::ListTopics,
+            Request::ListTopics { .. } => ApiKey::ListTopics,
             Request::DescribeTopic { .. } => ApiKey::DescribeTopic,
             Request::Produce(_) => ApiKey::Produce,
             Request::Fetch(_) => ApiKey::Fetch,
             Request::ListOffsets(_) => ApiKey::ListOffsets,
+            Request::JoinGroup(_) => ApiKey::JoinGroup,
+            Request::Heartbeat { .. } => ApiKey::Heartbeat,
+            Request::LeaveGroup { .. } => ApiKey::LeaveGroup,
+            Request::OffsetCommit(_) => ApiKey::OffsetCommit,
+            Request::OffsetFetch { .. } => ApiKey::OffsetFetch,
+            Request::DescribeGroup { .. } => ApiKey::DescribeGroup,
+            Request::ListGroups => ApiKey::ListGroups,
+            Request::DeleteGroup { .. } => ApiKey::DeleteGroup,
         }
     }
 }
@@ -492,7 +579,15 @@ pub fn encode_request_at(
                 }
             }
         }
-        Request::ListTopics => {}
+        Request::ListTopics { internal } => match (version, internal) {
+            (1.., _) => w.u8(u8::from(*internal)),
+            (_, false) => {}
+            (_, true) => {
+                return Err(EncodeError::Unsupported {
+                    what: "listing internal topics needs ListTopics version 1",
+                })
+            }
+        },
         Request::Produce(_) => {
             // A decoded Produce holds ranges of its own frame, not records: nothing to encode.
             return Err(EncodeError::Unsupported {
@@ -525,6 +620,27 @@ pub fn encode_request_at(
                 w.i64(ts);
             }
         }
+        Request::JoinGroup(j) => groups::write_join_request(&mut w, j),
+        Request::Heartbeat {
+            group,
+            member_id,
+            generation,
+        } => {
+            w.str(group);
+            w.str(member_id);
+            w.u32(*generation);
+        }
+        Request::LeaveGroup { group, member_id } => {
+            w.str(group);
+            w.str(member_id);
+        }
+        Request::OffsetCommit(c) => groups::write_commit_request(&mut w, c),
+        Request::OffsetFetch { group, partitions } => {
+            w.str(group);
+            groups::write_partitions(&mut w, partitions);
+        }
+        Request::DescribeGroup { group } | Request::DeleteGroup { group } => w.str(group),
+        Request::ListGroups => {}
     }
     w.finish()?;
     finish_frame(out, 0)
@@ -701,6 +817,16 @@ pub enum Response {
     Fetch(Vec<FetchResult>),
     /// Offsets.
     ListOffsets(Vec<ListOffsetsResult>),
+    /// A member's place in a group's new generation.
+    JoinGroup(JoinGroupResponse),
+    /// Per-partition outcomes of a commit.
+    OffsetCommit(Vec<groups::CommitResult>),
+    /// Committed positions.
+    OffsetFetch(Vec<groups::FetchedOffset>),
+    /// One group.
+    DescribeGroup(GroupDescription),
+    /// Every group.
+    ListGroups(Vec<GroupSummary>),
 }
 
 /// Encodes a successful response other than Fetch (see [`encode_fetch_response`]). Fails when the
@@ -810,6 +936,11 @@ pub fn encode_response_at(
                 w.u64(r.offset);
             }
         }
+        Response::JoinGroup(j) => groups::write_join_response(&mut w, j),
+        Response::OffsetCommit(results) => groups::write_commit_results(&mut w, results),
+        Response::OffsetFetch(offsets) => groups::write_fetched_offsets(&mut w, offsets),
+        Response::DescribeGroup(d) => groups::write_description(&mut w, d),
+        Response::ListGroups(g) => groups::write_summaries(&mut w, g),
     }
     w.finish()?;
     finish_frame(out, 0)
@@ -985,6 +1116,12 @@ pub fn decode_response_at(
             }
             Response::ListOffsets(results)
         }
+        ApiKey::JoinGroup => Response::JoinGroup(groups::read_join_response(&mut r)?),
+        ApiKey::Heartbeat | ApiKey::LeaveGroup | ApiKey::DeleteGroup => Response::Done,
+        ApiKey::OffsetCommit => Response::OffsetCommit(groups::read_commit_results(&mut r)?),
+        ApiKey::OffsetFetch => Response::OffsetFetch(groups::read_fetched_offsets(&mut r)?),
+        ApiKey::DescribeGroup => Response::DescribeGroup(groups::read_description(&mut r)?),
+        ApiKey::ListGroups => Response::ListGroups(groups::read_summaries(&mut r)?),
     };
     r.finish()?;
     Ok((header, Some(response)))

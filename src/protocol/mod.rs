@@ -18,10 +18,16 @@
 //! ([`FrameBuffers`]). It must not import storage, glommio or std::net.
 
 mod buffers;
+pub mod groups;
 mod messages;
 pub mod wire;
 
 pub use buffers::FrameBuffers;
+pub use groups::{
+    CommitOffset, CommitResult, FetchedOffset, GroupDescription, GroupState, GroupSummary,
+    JoinGroupRequest, JoinGroupResponse, MemberDescription, OffsetCommitRequest, PartitionLag,
+    TopicPartitions, NO_GENERATION,
+};
 pub use messages::*;
 
 /// Bytes of the request and response headers, size field included.
@@ -58,11 +64,27 @@ pub enum ApiKey {
     Fetch = 8,
     /// Earliest, latest, or by-timestamp offsets.
     ListOffsets = 9,
+    /// Joins a consumer group; answered with the member's assignment once the group settles.
+    JoinGroup = 10,
+    /// Keeps a member alive; tells it when the group rebalances.
+    Heartbeat = 11,
+    /// Leaves a group at once (its partitions go to the others).
+    LeaveGroup = 12,
+    /// Stores a group's consumed positions, durably.
+    OffsetCommit = 13,
+    /// Reads a group's committed positions.
+    OffsetFetch = 14,
+    /// A group's members, assignments, committed offsets and lag.
+    DescribeGroup = 15,
+    /// Names of all groups.
+    ListGroups = 16,
+    /// Deletes a group with no members, and its committed offsets.
+    DeleteGroup = 17,
 }
 
 impl ApiKey {
     /// Every api key, in wire order.
-    pub const ALL: [ApiKey; 10] = [
+    pub const ALL: [ApiKey; 18] = [
         ApiKey::ApiVersions,
         ApiKey::Metadata,
         ApiKey::CreateTopic,
@@ -73,6 +95,14 @@ impl ApiKey {
         ApiKey::Produce,
         ApiKey::Fetch,
         ApiKey::ListOffsets,
+        ApiKey::JoinGroup,
+        ApiKey::Heartbeat,
+        ApiKey::LeaveGroup,
+        ApiKey::OffsetCommit,
+        ApiKey::OffsetFetch,
+        ApiKey::DescribeGroup,
+        ApiKey::ListGroups,
+        ApiKey::DeleteGroup,
     ];
 
     /// The key for a wire value.
@@ -88,7 +118,8 @@ impl ApiKey {
     /// client gets the code it already knows instead ([`ErrorCode::for_version`]).
     ///
     /// Version 2 of CreateTopic and AlterTopic, and version 1 of DescribeTopic, carry a topic's
-    /// read visibility (docs/protocol.md §6.3, §6.5, §6.7).
+    /// read visibility (docs/protocol.md §6.3, §6.5, §6.7); version 1 of ListTopics can include
+    /// the internal topics (§6.6).
     pub fn versions(self) -> (u16, u16) {
         match self {
             ApiKey::CreateTopic | ApiKey::AlterTopic => (0, 2),
@@ -96,8 +127,18 @@ impl ApiKey {
             | ApiKey::Produce
             | ApiKey::Fetch
             | ApiKey::ListOffsets
-            | ApiKey::DescribeTopic => (0, 1),
-            ApiKey::ApiVersions | ApiKey::DeleteTopic | ApiKey::ListTopics => (0, 0),
+            | ApiKey::DescribeTopic
+            | ApiKey::ListTopics => (0, 1),
+            ApiKey::ApiVersions
+            | ApiKey::DeleteTopic
+            | ApiKey::JoinGroup
+            | ApiKey::Heartbeat
+            | ApiKey::LeaveGroup
+            | ApiKey::OffsetCommit
+            | ApiKey::OffsetFetch
+            | ApiKey::DescribeGroup
+            | ApiKey::ListGroups
+            | ApiKey::DeleteGroup => (0, 0),
         }
     }
 
@@ -157,6 +198,17 @@ pub enum ErrorCode {
     /// Sent only to requests of version 1 or later (older ones get `InvalidRequest` or
     /// `InvalidConfig`, see [`ErrorCode::for_version`]).
     LimitExceeded = 19,
+    /// The group does not know this member (it left, or its session expired): join again.
+    UnknownMember = 20,
+    /// The request carries an older generation of the group: the member was fenced (its
+    /// partitions went to others); join again.
+    IllegalGeneration = 21,
+    /// The group is rebalancing: join again to get the new assignment. Retriable.
+    RebalanceInProgress = 22,
+    /// The group has live members: it cannot be deleted or reset now.
+    GroupNotEmpty = 23,
+    /// No such group.
+    UnknownGroup = 24,
 }
 
 impl ErrorCode {
@@ -184,6 +236,11 @@ impl ErrorCode {
             ShuttingDown,
             Busy,
             LimitExceeded,
+            UnknownMember,
+            IllegalGeneration,
+            RebalanceInProgress,
+            GroupNotEmpty,
+            UnknownGroup,
         ]
         .get(v as usize)
         .copied()
@@ -192,7 +249,20 @@ impl ErrorCode {
 
     /// The first version of `api` whose responses may carry this code.
     pub fn since(self, api: ApiKey) -> u16 {
+        let group_api = (api as u16) >= ApiKey::JoinGroup as u16;
         match self {
+            // The group codes exist for the group apis only (from their first version).
+            ErrorCode::UnknownMember
+            | ErrorCode::IllegalGeneration
+            | ErrorCode::RebalanceInProgress
+            | ErrorCode::GroupNotEmpty
+            | ErrorCode::UnknownGroup => {
+                if group_api {
+                    0
+                } else {
+                    u16::MAX
+                }
+            }
             ErrorCode::LimitExceeded => match api {
                 ApiKey::Metadata
                 | ApiKey::CreateTopic
@@ -200,6 +270,8 @@ impl ErrorCode {
                 | ApiKey::Produce
                 | ApiKey::Fetch
                 | ApiKey::ListOffsets => 1,
+                // The group apis have it from their first version.
+                _ if group_api => 0,
                 // Never defined for the others: they always get the fallback.
                 _ => u16::MAX,
             },
@@ -219,6 +291,14 @@ impl ErrorCode {
                 ErrorCode::InvalidConfig
             }
             (ErrorCode::LimitExceeded, _) => ErrorCode::InvalidRequest,
+            (
+                ErrorCode::UnknownMember
+                | ErrorCode::IllegalGeneration
+                | ErrorCode::RebalanceInProgress
+                | ErrorCode::GroupNotEmpty
+                | ErrorCode::UnknownGroup,
+                _,
+            ) => ErrorCode::Internal,
             (other, _) => other,
         }
     }
@@ -227,7 +307,11 @@ impl ErrorCode {
     pub fn is_retriable(self) -> bool {
         matches!(
             self,
-            ErrorCode::StorageFull | ErrorCode::Timeout | ErrorCode::ShuttingDown | ErrorCode::Busy
+            ErrorCode::StorageFull
+                | ErrorCode::Timeout
+                | ErrorCode::ShuttingDown
+                | ErrorCode::Busy
+                | ErrorCode::RebalanceInProgress
         )
     }
 }
@@ -488,6 +572,19 @@ pub fn valid_topic_name(name: &str) -> bool {
         && name.len() <= TOPIC_NAME_LEN_MAX
         && name != "."
         && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+/// Longest group name. Shorter than a topic name so that the internal topics named after a group
+/// (`__dlq.` and `__retry.` followed by the whole group name) fit the topic name limit.
+pub const GROUP_NAME_LEN_MAX: usize = 200;
+
+/// Checks a consumer group name: 1..=200 characters of `[A-Za-z0-9._-]`.
+pub fn valid_group_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= GROUP_NAME_LEN_MAX
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')

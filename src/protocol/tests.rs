@@ -60,7 +60,7 @@ fn request() -> impl Strategy<Value = Request> {
                     }
                 }
             ),
-        Just(Request::ListTopics),
+        any::<bool>().prop_map(|internal| Request::ListTopics { internal }),
         name().prop_map(|name| Request::DescribeTopic { name }),
         (
             any::<u32>(),
@@ -203,13 +203,13 @@ fn given_frame_claiming_4gib_when_sized_should_reject_before_allocating() {
 #[test]
 fn given_unknown_key_or_version_when_decoding_should_fail_typed() {
     let mut out = Vec::new();
-    encode_request(&mut out, 9, &Request::ListTopics).unwrap();
+    encode_request(&mut out, 9, &Request::ListTopics { internal: false }).unwrap();
     out[4] = 200;
     assert_eq!(
         decode_request(&out).unwrap_err().code(),
         ErrorCode::UnknownApiKey
     );
-    encode_request(&mut out, 9, &Request::ListTopics).unwrap();
+    encode_request(&mut out, 9, &Request::ListTopics { internal: false }).unwrap();
     out[6] = 7;
     assert_eq!(
         decode_request(&out).unwrap_err().code(),
@@ -297,13 +297,14 @@ fn given_version_ranges_when_negotiated_should_pick_the_highest_common() {
     assert_eq!(ApiKey::Fetch.negotiate((0, 0)), Some(0));
     assert_eq!(ApiKey::Fetch.negotiate((0, 7)), Some(1));
     assert_eq!(ApiKey::Fetch.negotiate((2, 7)), None);
-    assert_eq!(ApiKey::ListTopics.negotiate((0, 3)), Some(0));
+    assert_eq!(ApiKey::DeleteTopic.negotiate((0, 3)), Some(0));
+    assert_eq!(ApiKey::ListTopics.negotiate((0, 3)), Some(1));
 }
 
 #[test]
 fn given_a_nonzero_reserved_field_when_decoding_should_refuse_but_keep_the_header_readable() {
     let mut out = Vec::new();
-    encode_request(&mut out, 42, &Request::ListTopics).unwrap();
+    encode_request(&mut out, 42, &Request::ListTopics { internal: false }).unwrap();
     out[12] = 1;
     assert_eq!(
         decode_request(&out).unwrap_err().code(),
@@ -416,4 +417,218 @@ fn given_a_describe_response_when_encoded_per_version_should_carry_visibility_fr
     };
     assert_eq!(config.visibility, None);
     assert_eq!(decode_response_at(&v1, 1).unwrap().1, Some(response));
+}
+
+fn group_request() -> impl Strategy<Value = Request> {
+    let tp = || proptest::collection::vec((name(), any::<u32>()), 0..4);
+    prop_oneof![
+        (
+            name(),
+            name(),
+            any::<u32>(),
+            any::<u32>(),
+            proptest::collection::vec(name(), 0..4)
+        )
+            .prop_map(|(group, member_id, s, r, topics)| {
+                Request::JoinGroup(JoinGroupRequest {
+                    group,
+                    member_id,
+                    session_timeout_ms: s,
+                    rebalance_timeout_ms: r,
+                    topics,
+                })
+            }),
+        (name(), name(), any::<u32>()).prop_map(|(group, member_id, generation)| {
+            Request::Heartbeat {
+                group,
+                member_id,
+                generation,
+            }
+        }),
+        (name(), name()).prop_map(|(group, member_id)| Request::LeaveGroup { group, member_id }),
+        (
+            name(),
+            name(),
+            any::<u32>(),
+            proptest::collection::vec((name(), any::<u32>(), any::<u64>(), name()), 0..4)
+        )
+            .prop_map(|(group, member_id, generation, o)| {
+                Request::OffsetCommit(OffsetCommitRequest {
+                    group,
+                    member_id,
+                    generation,
+                    offsets: o
+                        .into_iter()
+                        .map(|(topic, partition, offset, metadata)| CommitOffset {
+                            topic,
+                            partition,
+                            offset,
+                            metadata,
+                        })
+                        .collect(),
+                })
+            }),
+        (name(), tp()).prop_map(|(group, partitions)| Request::OffsetFetch { group, partitions }),
+        name().prop_map(|group| Request::DescribeGroup { group }),
+        Just(Request::ListGroups),
+        name().prop_map(|group| Request::DeleteGroup { group }),
+    ]
+}
+
+fn assignment() -> impl Strategy<Value = Vec<TopicPartitions>> {
+    proptest::collection::vec(
+        (name(), proptest::collection::vec(any::<u32>(), 0..4))
+            .prop_map(|(topic, partitions)| TopicPartitions { topic, partitions }),
+        0..3,
+    )
+}
+
+fn group_response() -> impl Strategy<Value = (ApiKey, Response)> {
+    let state = || {
+        (0u8..3).prop_map(|s| {
+            [
+                GroupState::Empty,
+                GroupState::Rebalancing,
+                GroupState::Stable,
+            ][s as usize]
+        })
+    };
+    prop_oneof![
+        (any::<u32>(), name(), any::<u32>(), assignment()).prop_map(|(g, m, n, a)| {
+            (
+                ApiKey::JoinGroup,
+                Response::JoinGroup(JoinGroupResponse {
+                    generation: g,
+                    member_id: m,
+                    members: n,
+                    assignment: a,
+                }),
+            )
+        }),
+        proptest::collection::vec((name(), any::<u32>(), 0u16..25), 0..4).prop_map(|v| {
+            (
+                ApiKey::OffsetCommit,
+                Response::OffsetCommit(
+                    v.into_iter()
+                        .map(|(topic, partition, e)| CommitResult {
+                            topic,
+                            partition,
+                            error: ErrorCode::from_u16(e),
+                        })
+                        .collect(),
+                ),
+            )
+        }),
+        proptest::collection::vec((name(), any::<u32>(), opt(), name()), 0..4).prop_map(|v| {
+            (
+                ApiKey::OffsetFetch,
+                Response::OffsetFetch(
+                    v.into_iter()
+                        .map(|(topic, partition, offset, metadata)| FetchedOffset {
+                            topic,
+                            partition,
+                            error: ErrorCode::None,
+                            offset,
+                            metadata,
+                        })
+                        .collect(),
+                ),
+            )
+        }),
+        (
+            name(),
+            state(),
+            any::<u32>(),
+            proptest::collection::vec((name(), name(), assignment()), 0..3),
+            proptest::collection::vec(
+                (name(), any::<u32>(), opt(), any::<u64>(), any::<u64>()),
+                0..4
+            )
+        )
+            .prop_map(|(group, state, generation, m, p)| {
+                (
+                    ApiKey::DescribeGroup,
+                    Response::DescribeGroup(GroupDescription {
+                        group,
+                        state,
+                        generation,
+                        members: m
+                            .into_iter()
+                            .map(|(member_id, client_id, assignment)| MemberDescription {
+                                member_id,
+                                client_id,
+                                assignment,
+                            })
+                            .collect(),
+                        partitions: p
+                            .into_iter()
+                            .map(|(topic, partition, committed, log_end, lag)| PartitionLag {
+                                topic,
+                                partition,
+                                committed,
+                                log_end,
+                                lag,
+                            })
+                            .collect(),
+                    }),
+                )
+            }),
+        proptest::collection::vec((name(), state(), any::<u32>()), 0..4).prop_map(|v| {
+            (
+                ApiKey::ListGroups,
+                Response::ListGroups(
+                    v.into_iter()
+                        .map(|(group, state, members)| GroupSummary {
+                            group,
+                            state,
+                            members,
+                        })
+                        .collect(),
+                ),
+            )
+        }),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn group_request_roundtrip(req in group_request(), cid in any::<u32>()) {
+        let mut out = Vec::new();
+        encode_request(&mut out, cid, &req).unwrap();
+        let (h, back) = decode_request(&out).unwrap();
+        prop_assert_eq!(h.correlation_id, cid);
+        prop_assert_eq!(back, req);
+    }
+
+    #[test]
+    fn group_response_roundtrip((key, resp) in group_response(), cid in any::<u32>()) {
+        let mut out = Vec::new();
+        encode_response(&mut out, key, cid, &resp).unwrap();
+        let (h, back) = decode_response(&out).unwrap();
+        prop_assert_eq!(h.correlation_id, cid);
+        prop_assert_eq!(back, Some(resp));
+    }
+
+    #[test]
+    fn decoding_mutated_group_requests_never_panics(req in group_request(), flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6)) {
+        let mut out = Vec::new();
+        encode_request(&mut out, 1, &req).unwrap();
+        for (at, v) in flips { let n = out.len(); out[at % n] ^= v; }
+        let _ = decode_request(&out);
+    }
+}
+
+#[test]
+fn given_list_topics_v1_should_carry_the_internal_flag_and_v0_refuse_it() {
+    let mut out = Vec::new();
+    encode_request_at(&mut out, 1, 7, &Request::ListTopics { internal: true }).unwrap();
+    assert_eq!(&out[16..], &[1]);
+    let (_, back) = decode_request(&out).unwrap();
+    assert_eq!(back, Request::ListTopics { internal: true });
+    out.clear();
+    assert!(encode_request_at(&mut out, 0, 7, &Request::ListTopics { internal: true }).is_err());
+    assert!(valid_group_name(&"g".repeat(200)));
+    assert!(!valid_group_name(&"g".repeat(201)));
+    assert!(!valid_group_name("a/b"));
+    assert!(!valid_group_name(""));
 }

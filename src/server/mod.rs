@@ -215,6 +215,19 @@ impl Broker {
             limits,
             Arc::new(crate::catalog::OnIo(io.clone())),
         )?);
+        // Committed offsets live in an internal topic, never aged out: the coordinators write a
+        // snapshot of every position long before retention by bytes can reach it.
+        let offsets_retention = (4 * config.segment_bytes as u64)
+            .max(16 * crate::shard::groups::SNAPSHOT_EVERY_BYTES as u64);
+        catalog.ensure_internal(
+            crate::group::OFFSETS_TOPIC,
+            &crate::protocol::TopicConfig {
+                partitions: config.group_offsets_partitions,
+                retention_bytes: Some(offsets_retention),
+                retention_ms: None,
+                visibility: Some(crate::protocol::Visibility::Written),
+            },
+        )?;
         let pool =
             Arc::new(
                 FlushPool::new(config.flush_threads).map_err(|e| ServerError::DataDir {

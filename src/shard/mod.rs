@@ -14,6 +14,7 @@
 //! the runtime beyond what [`crate::runtime`] offers.
 
 pub mod forward;
+pub mod groups;
 pub mod ops;
 
 use std::cell::{Cell, RefCell};
@@ -102,6 +103,9 @@ pub enum ShardError {
     /// The broker is stopping, or the owner shard is gone.
     #[error("the broker is shutting down")]
     ShuttingDown,
+    /// A consumer-group rule refused the operation.
+    #[error(transparent)]
+    Group(#[from] crate::group::GroupError),
     /// An operation panicked (a bug): it was abandoned, the shard goes on.
     #[error("internal error on shard {shard}: {message}")]
     Internal {
@@ -171,6 +175,8 @@ pub struct Shard<I: Io> {
     pool: Arc<FlushPool>,
     topics: RefCell<Arc<Topics>>,
     partitions: RefCell<HashMap<String, Slots<I>>>,
+    /// Loaded group coordinators, by offsets partition.
+    coordinators: RefCell<HashMap<u32, Rc<RefCell<groups::Slot>>>>,
     stopping: Cell<bool>,
     stop_event: Event,
 }
@@ -197,6 +203,7 @@ impl<I: Io> Shard<I> {
             io,
             pool,
             partitions: RefCell::new(HashMap::new()),
+            coordinators: RefCell::new(HashMap::new()),
             stopping: Cell::new(false),
             stop_event: Event::new(),
         }

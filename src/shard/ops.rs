@@ -82,7 +82,7 @@ impl Appending {
     }
 }
 
-fn storage(topic: &str, partition: u32, e: StorageError) -> ShardError {
+pub(super) fn storage(topic: &str, partition: u32, e: StorageError) -> ShardError {
     ShardError::Storage {
         topic: topic.to_string(),
         partition,

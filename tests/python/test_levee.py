@@ -177,7 +177,7 @@ class BrokerTest(unittest.TestCase):
             self.client.close()
 
     def test_handshake(self):
-        self.assertEqual(sorted(self.client.apis), list(range(10)))
+        self.assertEqual(sorted(self.client.apis), list(range(18)))
         self.assertTrue(self.client.broker.startswith("levee"))
 
     def test_produce_fetch_roundtrip(self):
@@ -303,7 +303,7 @@ class BrokerTest(unittest.TestCase):
         self.assertEqual(lc.response_header(frame).error_code, lc.Err.UNKNOWN_API_KEY)
         frame = self.client.call(lambda c: lc.request_frame(lc.Api.LIST_TOPICS, c, b"\x00"))
         self.assertEqual(lc.response_header(frame).error_code, lc.Err.INVALID_REQUEST)
-        frame = self.client.call(lambda c: lc.request_frame(lc.Api.LIST_TOPICS, c, api_version=1))
+        frame = self.client.call(lambda c: lc.request_frame(lc.Api.LIST_TOPICS, c, api_version=2))
         self.assertEqual(lc.response_header(frame).error_code, lc.Err.UNSUPPORTED_VERSION)
 
 

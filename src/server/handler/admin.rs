@@ -8,7 +8,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use super::{by_owner, catalog_code, shard_code, Req};
-use crate::catalog::{CatalogError, TopicMeta};
+use crate::catalog::{CatalogError, TopicMeta, INTERNAL_PREFIX};
 use crate::protocol::{
     ApiKey, ErrorCode, PartitionDescription, Response, ShardAddr, TopicConfig, TopicMetadata,
     Visibility,
@@ -66,7 +66,12 @@ pub(super) fn metadata<I: Io>(
         .collect();
     let catalog = shard.topics();
     let metas: Vec<TopicMetadata> = if topics.is_empty() {
-        catalog.iter().map(|m| topic_metadata(shard, m)).collect()
+        // Internal topics are listed only when asked for by name.
+        catalog
+            .iter()
+            .filter(|m| !m.name.starts_with(INTERNAL_PREFIX))
+            .map(|m| topic_metadata(shard, m))
+            .collect()
     } else {
         topics
             .iter()
@@ -159,11 +164,16 @@ pub(super) async fn alter_topic<M: SegmentMap>(
     .await
 }
 
-pub(super) fn list_topics<I: Io>(req: Req, shard: &Rc<Shard<I>>) -> Outgoing<I::Map> {
+pub(super) fn list_topics<I: Io>(
+    req: Req,
+    shard: &Rc<Shard<I>>,
+    internal: bool,
+) -> Outgoing<I::Map> {
     req.ok(&Response::ListTopics(
         shard
             .topics()
             .iter()
+            .filter(|m| internal || !m.name.starts_with(INTERNAL_PREFIX))
             .map(|m| (m.name.clone(), m.partitions))
             .collect(),
     ))

@@ -15,6 +15,7 @@
 
 mod admin;
 mod fetch;
+mod groups;
 mod produce;
 
 use std::rc::Rc;
@@ -128,11 +129,27 @@ pub(crate) async fn handle<I: Io>(
             };
             Some(admin::alter_topic(req, shared, name, change).await)
         }
-        Request::ListTopics => Some(admin::list_topics(req, shard)),
+        Request::ListTopics { internal } => Some(admin::list_topics(req, shard, internal)),
         Request::DescribeTopic { name } => Some(admin::describe_topic(req, shard, name).await),
         Request::Produce(p) => produce::produce(req, shard, shared, p, frame).await,
         Request::Fetch(f) => Some(fetch::fetch(req, shard, shared, f).await),
         Request::ListOffsets(blocks) => Some(list_offsets(req, shard, blocks).await),
+        Request::JoinGroup(j) => Some(groups::join(req, shard, session, j).await),
+        Request::Heartbeat {
+            group,
+            member_id,
+            generation,
+        } => Some(groups::heartbeat(req, shard, group, member_id, generation).await),
+        Request::LeaveGroup { group, member_id } => {
+            Some(groups::leave(req, shard, group, member_id).await)
+        }
+        Request::OffsetCommit(c) => Some(groups::commit(req, shard, c).await),
+        Request::OffsetFetch { group, partitions } => {
+            Some(groups::fetch_offsets(req, shard, group, partitions).await)
+        }
+        Request::DescribeGroup { group } => Some(groups::describe(req, shard, group).await),
+        Request::ListGroups => Some(groups::list(req, shard).await),
+        Request::DeleteGroup { group } => Some(groups::delete(req, shard, group).await),
     }
 }
 
@@ -146,6 +163,7 @@ pub(crate) fn shard_code(e: &ShardError) -> ErrorCode {
         ShardError::DurableTimeout { .. } => ErrorCode::Timeout,
         ShardError::ShuttingDown => ErrorCode::ShuttingDown,
         ShardError::Internal { .. } => ErrorCode::Internal,
+        ShardError::Group(g) => groups::group_code(g),
     }
 }
 
