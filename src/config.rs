@@ -145,6 +145,12 @@ pub struct BrokerConfig {
     pub groups_max: usize,
     /// Most members of one consumer group.
     pub group_members_max: usize,
+    /// Partitions of the internal topic of delayed records (fixed once it exists).
+    pub delay_partitions: u32,
+    /// Most delayed records waiting in the broker.
+    pub delayed_messages_max: usize,
+    /// Longest delay a producer may ask for.
+    pub delay_max_ms: u64,
     /// Segment file reservation.
     pub segment_bytes: usize,
     /// Roll a non-empty segment older than this.
@@ -198,6 +204,9 @@ impl Default for BrokerConfig {
             group_offsets_partitions: 16,
             groups_max: 100_000,
             group_members_max: 1000,
+            delay_partitions: 16,
+            delayed_messages_max: 1_000_000,
+            delay_max_ms: 7 * 24 * 3600 * 1000,
             segment_bytes: 128 << 20,
             segment_ms: 7 * 24 * 3600 * 1000,
             record_bytes_max: 1 << 20,
@@ -287,6 +296,15 @@ pub struct ConfigLayer {
     /// Most members of one consumer group [default: 1000].
     #[arg(long, env = "LEVEE_GROUP_MEMBERS_MAX")]
     pub group_members_max: Option<usize>,
+    /// Partitions of the delayed-records topic, fixed once created [default: 16].
+    #[arg(long, env = "LEVEE_DELAY_PARTITIONS")]
+    pub delay_partitions: Option<u32>,
+    /// Most delayed records waiting in the broker [default: 1000000].
+    #[arg(long, env = "LEVEE_DELAYED_MESSAGES_MAX")]
+    pub delayed_messages_max: Option<usize>,
+    /// Longest delay a producer may ask for, in ms [default: 604800000 (7 days)].
+    #[arg(long, env = "LEVEE_DELAY_MAX_MS")]
+    pub delay_max_ms: Option<u64>,
     /// Segment file size [default: 134217728].
     #[arg(long, env = "LEVEE_SEGMENT_BYTES")]
     pub segment_bytes: Option<usize>,
@@ -397,6 +415,9 @@ impl ConfigLayer {
             group_offsets_partitions,
             groups_max,
             group_members_max,
+            delay_partitions,
+            delayed_messages_max,
+            delay_max_ms,
             segment_bytes,
             segment_ms,
             record_bytes_max,
@@ -470,6 +491,9 @@ impl ConfigLayer {
                 .unwrap_or(d.group_offsets_partitions),
             groups_max: self.groups_max.unwrap_or(d.groups_max),
             group_members_max: self.group_members_max.unwrap_or(d.group_members_max),
+            delay_partitions: self.delay_partitions.unwrap_or(d.delay_partitions),
+            delayed_messages_max: self.delayed_messages_max.unwrap_or(d.delayed_messages_max),
+            delay_max_ms: self.delay_max_ms.unwrap_or(d.delay_max_ms),
             segment_bytes: self.segment_bytes.unwrap_or(d.segment_bytes),
             segment_ms: self.segment_ms.unwrap_or(d.segment_ms),
             record_bytes_max: self.record_bytes_max.unwrap_or(d.record_bytes_max),
@@ -543,6 +567,12 @@ impl BrokerConfig {
         }
         if self.groups_max == 0 || self.group_members_max == 0 {
             return invalid("groups_max/group_members_max", "must be at least 1");
+        }
+        if self.delay_partitions == 0 || self.delay_partitions > 1024 {
+            return invalid("delay_partitions", "must be 1..=1024");
+        }
+        if self.delayed_messages_max == 0 || self.delay_max_ms == 0 {
+            return invalid("delayed_messages_max/delay_max_ms", "must be at least 1");
         }
         if self.flush_threads == 0 || self.flush_threads > 64 {
             return invalid("flush_threads", "must be 1..=64");

@@ -36,6 +36,8 @@ pub mod catalog;
 pub mod client;
 #[cfg(feature = "broker")]
 pub mod config;
+#[cfg(feature = "broker")]
+pub mod delay;
 pub mod failpoint;
 #[cfg(feature = "broker")]
 pub mod group;

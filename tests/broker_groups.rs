@@ -459,6 +459,18 @@ fn given_bad_group_requests_should_answer_typed_errors() {
     assert_eq!(e.code(), Some(ErrorCode::UnknownGroup), "{e}");
     let e = client.heartbeat("never", "m", 1).unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::UnknownMember), "{e}");
+    // Internal topics are the broker's: a client can neither write, alter nor delete one.
+    let run = common::one_record("forged");
+    let e = client
+        .produce_run("__consumer_offsets", 0, &run, Acks::Durable)
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::InvalidTopicName), "{e}");
+    let e = client.delete_topic("__consumer_offsets").unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::InvalidTopicName), "{e}");
+    let e = client
+        .alter_topic("__consumer_offsets", Some(64), None, None, None)
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::InvalidTopicName), "{e}");
     // The internal topic is hidden from listings, and cannot be created by a client.
     assert!(client
         .list_topics()

@@ -4,6 +4,7 @@
 //! This module parses and prints; the work is the library's.
 
 mod consume;
+mod dlq;
 mod group;
 mod produce;
 #[cfg(feature = "broker")]
@@ -45,6 +46,9 @@ enum Command {
     /// List, describe, reset and delete consumer groups.
     #[command(subcommand)]
     Group(group::GroupCommand),
+    /// List and replay dead letters.
+    #[command(subcommand)]
+    Dlq(dlq::DlqCommand),
 }
 
 /// Exits with a usage error (code 2) for a combination of flags clap cannot check.
@@ -84,5 +88,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Produce(a) => produce::run(&connect(&cli.broker)?, a),
         Command::Consume(a) => consume::run(&connect(&cli.broker)?, a),
         Command::Group(c) => group::run(&connect(&cli.broker)?, c),
+        Command::Dlq(c) => dlq::run(&connect(&cli.broker)?, c),
     }
 }

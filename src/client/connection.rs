@@ -357,6 +357,7 @@ impl Connection {
             Request::JoinGroup(j) => {
                 Duration::from_millis(u64::from(j.rebalance_timeout_ms)) + JOIN_SETTLE_SLACK
             }
+            Request::ProduceDelayed(p) => Duration::from_millis(u64::from(p.timeout_ms)),
             _ => Duration::ZERO,
         };
         let version = self.version_or_fail(request.api_key())?;
@@ -369,6 +370,21 @@ impl Connection {
             |out, cid| encode_request_at(out, version, cid, request).map(|()| Vec::new()),
         )?;
         future.ok_or_else(|| unreachable_no_future(&self.shared.addr))
+    }
+
+    /// Sends a request the broker does not answer (a ProduceDelayed with `acks = none`): done
+    /// once the frame is written.
+    pub fn request_no_response(&self, request: &Request) -> Result<(), ClientError> {
+        let version = self.version_or_fail(request.api_key())?;
+        self.send_frame(
+            request.api_key(),
+            version,
+            false,
+            Duration::ZERO,
+            &[],
+            |out, cid| encode_request_at(out, version, cid, request).map(|()| Vec::new()),
+        )
+        .map(drop)
     }
 
     /// Sends a Produce request. The record runs are written from where they lie (vectored I/O),

@@ -91,6 +91,45 @@ pub struct ConsumedRecord {
 }
 
 impl ConsumedRecord {
+    /// The value of header `name`, if the record has one.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_slice())
+    }
+
+    fn header_number<T: std::str::FromStr>(&self, name: &str) -> Option<T> {
+        self.header(name)
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|s| s.parse().ok())
+    }
+
+    /// Which delivery of the message this is: 1 for the first, more for a retry of a message a
+    /// group member nacked (its `levee.deliveries` header counts the failed ones).
+    pub fn delivery(&self) -> u32 {
+        self.header_number::<u32>("levee.deliveries")
+            .unwrap_or(0)
+            .saturating_add(1)
+    }
+
+    /// Where the message was first produced, `(topic, partition, offset)`: for a retry or a dead
+    /// letter, from its `levee.topic`, `levee.partition` and `levee.offset` headers; for any
+    /// other record, where it was read.
+    pub fn origin(&self) -> (String, u32, u64) {
+        match self
+            .header("levee.topic")
+            .and_then(|t| std::str::from_utf8(t).ok())
+        {
+            Some(t) => (
+                t.to_string(),
+                self.header_number("levee.partition").unwrap_or(0),
+                self.header_number("levee.offset").unwrap_or(0),
+            ),
+            None => (self.topic.clone(), self.partition, self.offset),
+        }
+    }
+
     /// Copies one checked record out of its buffer.
     pub fn from_record(
         topic: &str,

@@ -17,9 +17,10 @@ use super::consumer::{copy_records, poll_positions, FetchSettings, Position};
 use super::oneshot::lock;
 use super::{unexpected, Client, ClientError, ConsumedRecord, ResetPolicy};
 use crate::protocol::{
-    ApiKey, CommitOffset, ErrorCode, FetchedOffset, GroupDescription, GroupSummary,
-    JoinGroupRequest, JoinGroupResponse, OffsetCommitRequest, OffsetSpec, Request, Response,
-    NO_GENERATION,
+    Acks, ApiKey, CommitOffset, DlqReplayResponse, ErrorCode, FetchedOffset, GroupDescription,
+    GroupSummary, JoinGroupRequest, JoinGroupResponse, NackOutcome, NackRequest, NackResponse,
+    OffsetCommitRequest, OffsetSpec, ProduceDelayedRequest, ProduceDelayedResponse, Request,
+    Response, NO_GENERATION,
 };
 
 /// A group's position in one partition, as [`Client::fetch_offsets`] returns it.
@@ -126,6 +127,71 @@ impl Client {
         .map(drop)
     }
 
+    /// Schedules `run` (whole records) for `topic`/`partition` at `deliver_at_ms` (ms since the
+    /// Unix epoch), not before; answers once the broker holds it as `acks` says (`None` for
+    /// `acks = none`). The records get their offsets when they are delivered. Not retried.
+    pub fn produce_delayed(
+        &self,
+        topic: &str,
+        partition: u32,
+        run: &[u8],
+        deliver_at_ms: i64,
+        acks: Acks,
+    ) -> Result<Option<ProduceDelayedResponse>, ClientError> {
+        let request = Request::ProduceDelayed(ProduceDelayedRequest {
+            acks,
+            timeout_ms: super::timeout_ms_u32(self.config().request_timeout_ms),
+            topic: topic.to_string(),
+            partition,
+            deliver_at_ms,
+            run: run.to_vec(),
+        });
+        if acks == Acks::None {
+            self.bootstrap_connection()?.request_no_response(&request)?;
+            return Ok(None);
+        }
+        match self.group_request(&request)? {
+            Response::ProduceDelayed(r) => Ok(Some(r)),
+            other => Err(unexpected(ApiKey::ProduceDelayed, &other)),
+        }
+    }
+
+    /// Reports that a member failed to process one record: the broker delivers it to the
+    /// member's group again after `retry_after_ms`, or, on its `max_deliveries`-th failure,
+    /// moves it to the group's dead-letter topic. Most programs use [`GroupConsumer::nack`].
+    pub fn nack(&self, nack: &NackRequest) -> Result<NackResponse, ClientError> {
+        match self.group_request(&Request::Nack(nack.clone()))? {
+            Response::Nack(r) => Ok(r),
+            other => Err(unexpected(ApiKey::Nack, &other)),
+        }
+    }
+
+    /// Gives up to `max_messages` of `group`'s dead letters back to that group (and no other),
+    /// from where the last replay stopped; each gets `max_deliveries` deliveries again.
+    pub fn dlq_replay(
+        &self,
+        group: &str,
+        max_messages: u32,
+    ) -> Result<DlqReplayResponse, ClientError> {
+        let request = Request::DlqReplay {
+            group: group.to_string(),
+            max_messages,
+        };
+        match self.group_request(&request)? {
+            Response::DlqReplay(r) => Ok(r),
+            other => Err(unexpected(ApiKey::DlqReplay, &other)),
+        }
+    }
+
+    /// A producer id for idempotent produce (the [`Producer`](super::Producer) asks for one
+    /// itself when `idempotent` is set). Retried after reconnecting.
+    pub fn init_producer(&self) -> Result<u64, ClientError> {
+        self.retrying(|| match self.group_request(&Request::InitProducer)? {
+            Response::InitProducer { producer_id } => Ok(producer_id),
+            other => Err(unexpected(ApiKey::InitProducer, &other)),
+        })
+    }
+
     /// A member of a consumer group; see [`GroupConsumer`].
     pub fn group_consumer(
         &self,
@@ -168,6 +234,10 @@ pub struct GroupConsumerConfig {
     pub max_wait_ms: u32,
     /// Most bytes of records fetched per partition per request. Default 1 MiB.
     pub fetch_max_bytes: u32,
+    /// Deliveries of a message before a [`nack`](GroupConsumer::nack) moves it to the group's
+    /// dead-letter topic instead of retrying it. Every member of a group should use the same.
+    /// Default 3.
+    pub max_deliveries: u32,
 }
 
 impl GroupConsumerConfig {
@@ -186,6 +256,7 @@ impl GroupConsumerConfig {
             reset: ResetPolicy::Earliest,
             max_wait_ms: 500,
             fetch_max_bytes: 1 << 20,
+            max_deliveries: 3,
         }
     }
 
@@ -215,6 +286,9 @@ impl GroupConsumerConfig {
         }
         if self.fetch_max_bytes == 0 {
             return bad("fetch_max_bytes", "must be at least 1");
+        }
+        if self.max_deliveries == 0 {
+            return bad("max_deliveries", "must be at least 1");
         }
         if self.auto_commit_interval_ms == Some(0) {
             return bad("auto_commit_interval_ms", "must be at least 1 when set");
@@ -407,6 +481,44 @@ impl GroupConsumer {
         self.commit_positions(offsets)
     }
 
+    /// Reports that processing `record` failed: the group gets it again `retry_after` from now
+    /// (from its retry topic, which every member reads; the record's partition is not held up),
+    /// or, once it failed `max_deliveries` times, it moves to the group's dead-letter topic
+    /// `__dlq.<group>` with its origin, delivery count and `error` in headers. Either way the
+    /// record counts as processed here: the next commit moves past it.
+    pub fn nack(
+        &mut self,
+        record: &ConsumedRecord,
+        retry_after: Duration,
+        error: &str,
+    ) -> Result<NackOutcome, ClientError> {
+        self.check_open()?;
+        let request = NackRequest {
+            group: self.config.group.clone(),
+            member_id: self.member_id(),
+            generation: self.generation(),
+            topic: record.topic.clone(),
+            partition: record.partition,
+            offset: record.offset,
+            retry_after_ms: u32::try_from(retry_after.as_millis()).unwrap_or(u32::MAX),
+            max_deliveries: self.config.max_deliveries,
+            error: error.to_string(),
+        };
+        match self.client.nack(&request) {
+            Ok(r) => Ok(r.outcome),
+            Err(e) => {
+                if matches!(
+                    e.code(),
+                    Some(ErrorCode::IllegalGeneration | ErrorCode::UnknownMember)
+                ) {
+                    self.membership.fenced.store(true, Ordering::Release);
+                    self.membership.rejoin.store(true, Ordering::Release);
+                }
+                Err(e)
+            }
+        }
+    }
+
     /// Moves the next fetch of an assigned partition to `offset` (not committed until a commit).
     pub fn seek(&mut self, topic: &str, partition: u32, offset: u64) -> Result<(), ClientError> {
         match self
@@ -535,7 +647,7 @@ impl GroupConsumer {
                 },
                 session_timeout_ms: self.config.session_timeout_ms,
                 rebalance_timeout_ms: self.config.rebalance_timeout_ms,
-                topics: self.config.topics.clone(),
+                topics: self.subscription(),
             };
             match self.client.join_group(&join) {
                 Ok(j) => break j,
@@ -565,6 +677,14 @@ impl GroupConsumer {
             .store(joined.generation, Ordering::Release);
         self.membership.fenced.store(false, Ordering::Release);
         self.take_assignment(&joined)
+    }
+
+    /// The topics joined: the configured ones and the group's retry topic (assigned once it
+    /// exists, when a member first nacks).
+    fn subscription(&self) -> Vec<String> {
+        let mut topics = self.config.topics.clone();
+        topics.push(format!("__retry.{}", self.config.group));
+        topics
     }
 
     /// Keeps the positions of partitions the member keeps; starts the others at the group's
@@ -629,6 +749,8 @@ impl GroupConsumer {
 
     fn reset_position(&self, topic: &str, partition: u32) -> Result<u64, ClientError> {
         let spec = match self.config.reset {
+            // Retries are for this group only: never skip one, whatever the policy.
+            _ if topic.starts_with("__retry.") => OffsetSpec::Earliest,
             ResetPolicy::Latest => OffsetSpec::Latest,
             ResetPolicy::Earliest | ResetPolicy::Error => OffsetSpec::Earliest,
         };

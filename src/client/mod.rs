@@ -414,6 +414,10 @@ fn unexpected(expected: ApiKey, got: &Response) -> ClientError {
         Response::OffsetFetch(_) => "OffsetFetch",
         Response::DescribeGroup(_) => "DescribeGroup",
         Response::ListGroups(_) => "ListGroups",
+        Response::ProduceDelayed(_) => "ProduceDelayed",
+        Response::Nack(_) => "Nack",
+        Response::DlqReplay(_) => "DlqReplay",
+        Response::InitProducer { .. } => "InitProducer",
     };
     ClientError::UnexpectedResponse {
         what: format!("expected a {expected:?} body, got {got}"),
@@ -738,7 +742,10 @@ impl Client {
 
     /// Runs `f` again, with backoff, after a broken or unreachable connection or a retriable
     /// broker code (`ShuttingDown`, `Busy`, ...). Only for requests that are safe to repeat.
-    fn retrying<T>(&self, mut f: impl FnMut() -> Result<T, ClientError>) -> Result<T, ClientError> {
+    pub(crate) fn retrying<T>(
+        &self,
+        mut f: impl FnMut() -> Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
         let mut attempt = 0;
         loop {
             match f() {

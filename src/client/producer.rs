@@ -17,6 +17,14 @@
 //! Delivery is at-least-once: a batch retried after a lost connection or a `Timeout` may already
 //! have been stored. With `max_in_flight > 1`, a retried batch can land after a later batch of the
 //! same partition; set `max_in_flight = 1` when per-partition order must survive retries.
+//!
+//! **Idempotence** (`idempotent = true`) makes retries exact: the producer takes an id from the
+//! broker (InitProducer) and numbers its records per partition when a batch is first sent, so
+//! the broker stores a resent batch once (answering with its original offsets) and refuses a
+//! batch after a gap. A partition's batches are resent oldest first, so order holds with up to 5
+//! in flight. When a batch fails for good, that partition cannot go on in sequence (the broker
+//! may or may not hold it): once its in-flight batches are back, it takes a new producer id and
+//! numbers the batches still queued from 0 again.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::future::Future;
@@ -28,12 +36,16 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::oneshot::{self, lock};
 use super::{produce_outcome, timeout_ms_u32, Client, ClientError, ProduceOutcome};
-use crate::protocol::Acks;
+use crate::protocol::{Acks, ErrorCode};
 use crate::record::{self, Header, Message};
 
 /// Frame bytes a one-block Produce request adds around its run: header 16, acks 1, timeout 4,
 /// count 4, topic 2 + 249, partition 4, run length 4, padding up to 15.
 const PRODUCE_FRAME_OVERHEAD_MAX: usize = 16 + 1 + 4 + 4 + 2 + 249 + 4 + 4 + 15;
+
+/// Batches of one partition an idempotent producer may have in flight: as many as the broker
+/// remembers per producer (docs/protocol.md §6.8).
+pub const IDEMPOTENT_IN_FLIGHT_MAX: usize = 5;
 
 /// Settings of a [`Producer`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +70,10 @@ pub struct ProducerConfig {
     pub request_timeout_ms: u64,
     /// Longest time `send` blocks for buffer space before failing with `Timeout`. Default 60 000.
     pub max_block_ms: u64,
+    /// Store each batch once and in order however often it is resent (see the module docs).
+    /// Needs `max_in_flight` ≤ 5 and acks other than `None`. Delayed records are not covered.
+    /// Default `false`.
+    pub idempotent: bool,
 }
 
 impl Default for ProducerConfig {
@@ -72,6 +88,7 @@ impl Default for ProducerConfig {
             retry_backoff_ms: 100,
             request_timeout_ms: 30_000,
             max_block_ms: 60_000,
+            idempotent: false,
         }
     }
 }
@@ -91,6 +108,9 @@ pub struct ProducerRecord {
     pub headers: Vec<(String, Vec<u8>)>,
     /// The producer's timestamp, ms since the Unix epoch; `None` stamps the time of `send`.
     pub timestamp_ms: Option<i64>,
+    /// Deliver at this time (ms since the Unix epoch), not before: the broker holds the record
+    /// apart until then, and no fetch returns it earlier. `None` (the default): now.
+    pub deliver_at_ms: Option<i64>,
 }
 
 impl ProducerRecord {
@@ -103,7 +123,20 @@ impl ProducerRecord {
             value: value.into(),
             headers: Vec::new(),
             timestamp_ms: None,
+            deliver_at_ms: None,
         }
+    }
+
+    /// Delivers the record `delay` from now, not before (see [`ProducerRecord::deliver_at_ms`]).
+    pub fn with_delay(mut self, delay: Duration) -> Self {
+        self.deliver_at_ms = Some(now_ms().saturating_add(delay.as_millis() as i64));
+        self
+    }
+
+    /// Delivers the record at `unix_ms`, not before.
+    pub fn with_deliver_at(mut self, unix_ms: i64) -> Self {
+        self.deliver_at_ms = Some(unix_ms);
+        self
     }
 
     /// Sets the key.
@@ -133,7 +166,8 @@ pub struct RecordMetadata {
     /// Partition number.
     pub partition: u32,
     /// The record's offset; `None` with `acks = none`, where the broker answers nothing and the
-    /// send completes once the batch is written to the socket.
+    /// send completes once the batch is written to the socket, and for a delayed record, which
+    /// gets its offset when it is delivered.
     pub offset: Option<u64>,
     /// The append time the broker stamped on the record's batch; `None` with `acks = none`.
     pub timestamp_ms: Option<i64>,
@@ -211,6 +245,57 @@ pub fn partition_for_key(key: &[u8], partitions: u32) -> u32 {
     (h % u64::from(partitions.max(1))) as u32
 }
 
+/// Sends one delayed record; its future resolves when the broker has scheduled it (durably, as
+/// `acks` says), with no offset (it gets one when it is delivered).
+fn send_delayed(
+    s: &Shared,
+    topic: String,
+    partition: u32,
+    run: Vec<u8>,
+    deliver_at_ms: i64,
+) -> Result<oneshot::Receiver<Result<RecordMetadata, ClientError>>, ClientError> {
+    let (tx, rx) = oneshot::channel();
+    let acks = s.config.acks;
+    let request =
+        crate::protocol::Request::ProduceDelayed(crate::protocol::ProduceDelayedRequest {
+            acks,
+            timeout_ms: timeout_ms_u32(s.config.request_timeout_ms),
+            topic: topic.clone(),
+            partition,
+            deliver_at_ms,
+            run,
+        });
+    let conn = s.client.bootstrap_connection()?;
+    if acks == Acks::None {
+        conn.request_no_response(&request)?;
+        tx.send(Ok(RecordMetadata {
+            topic,
+            partition,
+            offset: None,
+            timestamp_ms: None,
+        }));
+        return Ok(rx);
+    }
+    conn.request(&request)?.on_complete(move |response| {
+        let result = response
+            .and_then(|frame| frame.decode())
+            .and_then(|r| match r {
+                crate::protocol::Response::ProduceDelayed(_) => Ok(RecordMetadata {
+                    topic,
+                    partition,
+                    offset: None,
+                    timestamp_ms: None,
+                }),
+                other => Err(super::unexpected(
+                    crate::protocol::ApiKey::ProduceDelayed,
+                    &other,
+                )),
+            });
+        tx.send(result);
+    });
+    Ok(rx)
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -226,6 +311,11 @@ struct Entry {
 struct Batch {
     topic: String,
     partition: u32,
+    /// Idempotent producers: the producer id and first sequence the run carries, and whether
+    /// they still have to be written into it (done by the sender, outside the state lock).
+    numbered: Option<Numbering>,
+    /// Its place among its partition's batches, counted when sealed.
+    ordinal: u64,
     /// Whole records, back to back, as sent on the wire.
     run: Vec<u8>,
     /// One per record, in run order: record `i` gets offset `base_offset + i`.
@@ -237,6 +327,13 @@ struct Batch {
     not_before: Instant,
 }
 
+#[derive(Clone, Copy)]
+struct Numbering {
+    producer_id: u64,
+    first: u64,
+    written: bool,
+}
+
 #[derive(Default)]
 struct PartitionQueue {
     /// The batch records are being added to.
@@ -244,6 +341,42 @@ struct PartitionQueue {
     /// Sealed batches waiting for an in-flight slot, oldest first.
     ready: VecDeque<Batch>,
     in_flight: usize,
+    /// Idempotent producers: the id this partition's sequence belongs to (0 until first used),
+    /// and the sequence of its next record.
+    producer_id: u64,
+    next_sequence: u64,
+    /// A batch numbered under `producer_id` failed for good: the partition needs a new id
+    /// before it sends again.
+    broken: bool,
+    /// Batches sealed so far.
+    sealed: u64,
+    /// Ordinals of the sealed batches not yet completed.
+    pending: BTreeSet<u64>,
+}
+
+impl PartitionQueue {
+    /// Puts a batch back for a resend, in the order it was first queued.
+    fn requeue(&mut self, batch: Batch) {
+        let at = self
+            .ready
+            .iter()
+            .position(|b| b.ordinal > batch.ordinal)
+            .unwrap_or(self.ready.len());
+        self.ready.insert(at, batch);
+    }
+
+    /// Whether `b` may be sent now. An idempotent producer sends nothing more than
+    /// `max_in_flight` batches past the oldest one not yet answered, however many later ones
+    /// were answered meanwhile: the broker remembers that many, so a resend of the oldest is
+    /// still recognised.
+    fn may_send(&self, b: &Batch, max_in_flight: usize, idempotent: bool) -> bool {
+        self.in_flight < max_in_flight
+            && (!idempotent
+                || self
+                    .pending
+                    .first()
+                    .is_none_or(|&oldest| b.ordinal < oldest + max_in_flight as u64))
+    }
 }
 
 #[derive(Default)]
@@ -257,7 +390,10 @@ struct TopicQueues {
 impl TopicQueues {
     fn seal(&mut self, partition: u32) {
         let q = self.partitions.entry(partition).or_default();
-        if let Some(batch) = q.open.take() {
+        if let Some(mut batch) = q.open.take() {
+            batch.ordinal = q.sealed;
+            q.sealed += 1;
+            q.pending.insert(batch.ordinal);
             q.ready.push_back(batch);
             if let Some((p, count)) = self.sticky {
                 if p == partition {
@@ -282,6 +418,8 @@ struct State {
     worker_gone: bool,
     /// Rotates the first sticky partition of each topic, so producers do not all start on 0.
     sticky_seed: u32,
+    /// Idempotent producers: the newest producer id from the broker.
+    producer_id: u64,
 }
 
 struct Shared {
@@ -351,11 +489,27 @@ impl Producer {
         if config.request_timeout_ms == 0 {
             return bad("request_timeout_ms", "must be at least 1".into());
         }
+        let mut state = State::default();
+        if config.idempotent {
+            if config.max_in_flight > IDEMPOTENT_IN_FLIGHT_MAX {
+                return bad(
+                    "max_in_flight",
+                    format!("must be at most {IDEMPOTENT_IN_FLIGHT_MAX} with idempotent = true (the broker remembers that many batches per producer)"),
+                );
+            }
+            if config.acks == Acks::None {
+                return bad(
+                    "acks",
+                    "idempotent = true needs acks written or durable: without an answer nothing is retried".into(),
+                );
+            }
+            state.producer_id = client.init_producer()?;
+        }
         let shared = Arc::new(Shared {
             client,
             record_bytes_max: record_bytes_max.min(config.buffer_bytes),
             config,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(state),
             work: Condvar::new(),
             space: Condvar::new(),
         });
@@ -428,6 +582,15 @@ impl Producer {
                 limit: "buffer_bytes or frame_bytes_max",
             });
         }
+        if let Some(at) = record.deliver_at_ms {
+            // Not batched: the broker schedules each delayed send on its own. The connection's
+            // in-flight window bounds how many are pending.
+            let partition = match keyed_partition {
+                Some(p) => p,
+                None => (now_ms() as u32) % count.max(1),
+            };
+            return send_delayed(s, record.topic, partition, bytes, at);
+        }
 
         let mut st = lock(&s.state);
         let deadline = Instant::now() + Duration::from_millis(s.config.max_block_ms);
@@ -482,6 +645,8 @@ impl Producer {
         let batch = q.open.get_or_insert_with(|| Batch {
             topic: record.topic,
             partition,
+            numbered: None,
+            ordinal: 0,
             run: Vec::new(),
             entries: Vec::new(),
             created: now,
@@ -591,6 +756,7 @@ fn worker_main(shared: Arc<Shared>) {
     let exit = WorkerExit(shared);
     let s = &*exit.0;
     let linger = Duration::from_millis(s.config.linger_ms);
+    let idempotent = s.config.idempotent;
     loop {
         let batches = {
             let mut st = lock(&s.state);
@@ -599,6 +765,8 @@ fn worker_main(shared: Arc<Shared>) {
                 let force = st.flushing > 0 || st.closing;
                 let mut wake_at: Option<Instant> = None;
                 let mut out = Vec::new();
+                let mut want_id = false;
+                let current_id = st.producer_id;
                 for tq in st.topics.values_mut() {
                     let due: Vec<u32> = tq
                         .partitions
@@ -618,10 +786,37 @@ fn worker_main(shared: Arc<Shared>) {
                         tq.seal(p);
                     }
                     for q in tq.partitions.values_mut() {
-                        while q.in_flight < s.config.max_in_flight {
+                        if idempotent {
+                            if q.broken {
+                                // Sent again only under a new id, once nothing of the old
+                                // sequence is in flight.
+                                want_id |= q.in_flight == 0 && !q.ready.is_empty();
+                                continue;
+                            }
+                            if q.producer_id == 0 {
+                                q.producer_id = current_id;
+                            }
+                        }
+                        loop {
                             match q.ready.front() {
+                                Some(b) if !q.may_send(b, s.config.max_in_flight, idempotent) => {
+                                    break
+                                }
                                 Some(b) if b.not_before <= now => {
-                                    out.extend(q.ready.pop_front());
+                                    let Some(mut b) = q.ready.pop_front() else {
+                                        break;
+                                    };
+                                    if idempotent
+                                        && b.numbered.map(|n| n.producer_id) != Some(q.producer_id)
+                                    {
+                                        b.numbered = Some(Numbering {
+                                            producer_id: q.producer_id,
+                                            first: q.next_sequence,
+                                            written: false,
+                                        });
+                                        q.next_sequence += b.entries.len() as u64;
+                                    }
+                                    out.push(b);
                                     q.in_flight += 1;
                                 }
                                 Some(b) => {
@@ -636,6 +831,12 @@ fn worker_main(shared: Arc<Shared>) {
                 }
                 if !out.is_empty() {
                     break out;
+                }
+                if want_id {
+                    drop(st);
+                    renew_producer_id(s);
+                    st = lock(&s.state);
+                    continue;
                 }
                 if st.closing && st.outstanding.is_empty() {
                     return;
@@ -657,10 +858,57 @@ fn worker_main(shared: Arc<Shared>) {
     }
 }
 
+/// Gives the broken partitions of an idempotent producer a new producer id, or, when the broker
+/// cannot hand one out, fails their queued batches (they cannot be sent in sequence).
+fn renew_producer_id(s: &Shared) {
+    let renewed = s.client.init_producer();
+    let mut failed = Vec::new();
+    {
+        let mut st = lock(&s.state);
+        if let Ok(id) = &renewed {
+            st.producer_id = *id;
+        }
+        for tq in st.topics.values_mut() {
+            for q in tq.partitions.values_mut() {
+                if !q.broken || q.in_flight > 0 {
+                    continue;
+                }
+                match &renewed {
+                    Ok(id) => {
+                        q.producer_id = *id;
+                        q.next_sequence = 0;
+                        q.broken = false;
+                    }
+                    Err(_) => failed.extend(q.ready.drain(..)),
+                }
+            }
+        }
+    }
+    if let Err(e) = renewed {
+        tracing::warn!(error = %e, "cannot get a new producer id; failing the batches that need one");
+        for batch in failed {
+            complete(s, batch, Err(e.clone()), Slot::Queued);
+        }
+    }
+}
+
 /// Sends one batch; its completion runs [`complete`], on the connection's reader thread when a
 /// response is expected.
 fn dispatch(shared: &Arc<Shared>, mut batch: Batch) {
     batch.attempt += 1;
+    if let Some(n) = batch.numbered.as_mut().filter(|n| !n.written) {
+        // Numbered here rather than under the state lock: it rewrites and re-checksums the run.
+        if let Err(e) = record::set_producer(
+            &mut batch.run,
+            n.producer_id,
+            n.first,
+            record::ARCHIVE_LEN_MAX,
+        ) {
+            complete(shared, batch, Err(e.into()), Slot::InFlight);
+            return;
+        }
+        n.written = true;
+    }
     let timeout_ms = timeout_ms_u32(shared.config.request_timeout_ms);
     let started = shared.client.produce_start(
         &batch.topic,
@@ -699,8 +947,18 @@ fn complete(
     outcome: Result<Option<ProduceOutcome>, ClientError>,
     slot: Slot,
 ) {
+    let idempotent = shared.config.idempotent;
+    let outcome = match outcome {
+        // Stored earlier than the broker still remembers batches: stored, offsets unknown.
+        Err(e) if idempotent && e.code() == Some(ErrorCode::DuplicateSequence) => Ok(None),
+        other => other,
+    };
     if let Err(e) = &outcome {
-        if slot == Slot::InFlight && e.is_retriable() && batch.attempt <= shared.config.retries {
+        // With idempotence a gap means an earlier batch of the partition is being resent:
+        // this one follows it.
+        let resend =
+            e.is_retriable() || (idempotent && e.code() == Some(ErrorCode::OutOfOrderSequence));
+        if slot == Slot::InFlight && resend && batch.attempt <= shared.config.retries {
             if e.is_disconnect() {
                 shared.client.mark_stale();
             }
@@ -718,8 +976,8 @@ fn complete(
                     .entry(batch.partition)
                     .or_default();
                 q.in_flight = q.in_flight.saturating_sub(1);
-                // The front, so a partition's batches still go out oldest first.
-                q.ready.push_front(batch);
+                // Where it was, so a partition's batches still go out oldest first.
+                q.requeue(batch);
                 drop(st);
                 shared.work.notify_one();
                 return;
@@ -731,6 +989,8 @@ fn complete(
         partition,
         run,
         entries,
+        numbered,
+        ordinal,
         ..
     } = batch;
     let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
@@ -755,6 +1015,13 @@ fn complete(
         entry.tx.send(result);
     }
     let mut st = lock(&shared.state);
+    if let Some(q) = st
+        .topics
+        .get_mut(&topic)
+        .and_then(|tq| tq.partitions.get_mut(&partition))
+    {
+        q.pending.remove(&ordinal);
+    }
     if slot == Slot::InFlight {
         if let Some(q) = st
             .topics
@@ -762,6 +1029,11 @@ fn complete(
             .and_then(|tq| tq.partitions.get_mut(&partition))
         {
             q.in_flight = q.in_flight.saturating_sub(1);
+            // A hole in the partition's sequence, or a batch the broker may hold: either way
+            // the next batch cannot follow on in sequence.
+            if outcome.is_err() && numbered.is_some_and(|n| n.producer_id == q.producer_id) {
+                q.broken = true;
+            }
         }
     }
     st.buffered_bytes = st.buffered_bytes.saturating_sub(run.len());

@@ -25,6 +25,7 @@
 //! the storage engine: the shard persists what [`store`] encodes.
 
 pub mod assign;
+pub mod retry;
 pub mod store;
 
 use std::collections::BTreeMap;
@@ -522,6 +523,15 @@ impl Coordinator {
             member: member.to_string(),
         })?;
         g.check_member(member, generation).map(drop)
+    }
+
+    /// Starts a rebalance of a group with members (its topics changed: a retry topic appeared).
+    pub fn rebalance(&mut self, group: &str, now: Instant) {
+        if let Some(g) = self.groups.get_mut(group) {
+            if !g.members.is_empty() {
+                g.start_rebalance(now);
+            }
+        }
     }
 
     /// Records committed positions (after they are durable, or when replaying the log).

@@ -7,6 +7,10 @@
 
 use std::ops::Range;
 
+use super::delivery::{
+    self, DlqReplayResponse, NackRequest, NackResponse, ProduceDelayedRequest,
+    ProduceDelayedResponse,
+};
 use super::groups::{
     self, GroupDescription, GroupSummary, JoinGroupRequest, JoinGroupResponse, OffsetCommitRequest,
 };
@@ -29,7 +33,7 @@ pub enum Acks {
 }
 
 impl Acks {
-    fn from_u8(v: u8, position: usize) -> Result<Acks, DecodeError> {
+    pub(super) fn from_u8(v: u8, position: usize) -> Result<Acks, DecodeError> {
         match v {
             0 => Ok(Acks::None),
             1 => Ok(Acks::Written),
@@ -276,6 +280,19 @@ pub enum Request {
         /// The group.
         group: String,
     },
+    /// Records to deliver at a time, not before.
+    ProduceDelayed(ProduceDelayedRequest),
+    /// A member failed to process a record.
+    Nack(NackRequest),
+    /// Gives a group's dead letters back to it.
+    DlqReplay {
+        /// The group.
+        group: String,
+        /// Most dead letters to replay.
+        max_messages: u32,
+    },
+    /// Asks for a producer id, for idempotent produce.
+    InitProducer,
 }
 
 // Smallest encodings, used to bound array counts before allocating.
@@ -483,6 +500,15 @@ pub fn decode_request_limited(
         ApiKey::DescribeGroup => Request::DescribeGroup { group: r.string()? },
         ApiKey::ListGroups => Request::ListGroups,
         ApiKey::DeleteGroup => Request::DeleteGroup { group: r.string()? },
+        ApiKey::ProduceDelayed => {
+            Request::ProduceDelayed(delivery::read_produce_delayed(&mut r, frame)?)
+        }
+        ApiKey::Nack => Request::Nack(delivery::read_nack(&mut r)?),
+        ApiKey::DlqReplay => Request::DlqReplay {
+            group: r.string()?,
+            max_messages: r.u32()?,
+        },
+        ApiKey::InitProducer => Request::InitProducer,
     };
     r.finish()?;
     Ok((header, request))
@@ -510,6 +536,10 @@ impl Request {
             Request::DescribeGroup { .. } => ApiKey::DescribeGroup,
             Request::ListGroups => ApiKey::ListGroups,
             Request::DeleteGroup { .. } => ApiKey::DeleteGroup,
+            Request::ProduceDelayed(_) => ApiKey::ProduceDelayed,
+            Request::Nack(_) => ApiKey::Nack,
+            Request::DlqReplay { .. } => ApiKey::DlqReplay,
+            Request::InitProducer => ApiKey::InitProducer,
         }
     }
 }
@@ -640,7 +670,16 @@ pub fn encode_request_at(
             groups::write_partitions(&mut w, partitions);
         }
         Request::DescribeGroup { group } | Request::DeleteGroup { group } => w.str(group),
-        Request::ListGroups => {}
+        Request::ListGroups | Request::InitProducer => {}
+        Request::ProduceDelayed(p) => delivery::write_produce_delayed(&mut w, p),
+        Request::Nack(n) => delivery::write_nack(&mut w, n),
+        Request::DlqReplay {
+            group,
+            max_messages,
+        } => {
+            w.str(group);
+            w.u32(*max_messages);
+        }
     }
     w.finish()?;
     finish_frame(out, 0)
@@ -827,6 +866,17 @@ pub enum Response {
     DescribeGroup(GroupDescription),
     /// Every group.
     ListGroups(Vec<GroupSummary>),
+    /// A delayed produce was scheduled.
+    ProduceDelayed(ProduceDelayedResponse),
+    /// What a nack did.
+    Nack(NackResponse),
+    /// What a replay did.
+    DlqReplay(DlqReplayResponse),
+    /// A producer id.
+    InitProducer {
+        /// The id: put it in every record of an idempotent producer.
+        producer_id: u64,
+    },
 }
 
 /// Encodes a successful response other than Fetch (see [`encode_fetch_response`]). Fails when the
@@ -941,6 +991,19 @@ pub fn encode_response_at(
         Response::OffsetFetch(offsets) => groups::write_fetched_offsets(&mut w, offsets),
         Response::DescribeGroup(d) => groups::write_description(&mut w, d),
         Response::ListGroups(g) => groups::write_summaries(&mut w, g),
+        Response::ProduceDelayed(p) => {
+            w.u64(p.id);
+            w.i64(p.due_ms);
+        }
+        Response::Nack(n) => {
+            w.u8(n.outcome as u8);
+            w.u32(n.delivery);
+        }
+        Response::DlqReplay(d) => {
+            w.u32(d.replayed);
+            w.u64(d.next);
+        }
+        Response::InitProducer { producer_id } => w.u64(*producer_id),
     }
     w.finish()?;
     finish_frame(out, 0)
@@ -1122,6 +1185,18 @@ pub fn decode_response_at(
         ApiKey::OffsetFetch => Response::OffsetFetch(groups::read_fetched_offsets(&mut r)?),
         ApiKey::DescribeGroup => Response::DescribeGroup(groups::read_description(&mut r)?),
         ApiKey::ListGroups => Response::ListGroups(groups::read_summaries(&mut r)?),
+        ApiKey::ProduceDelayed => Response::ProduceDelayed(ProduceDelayedResponse {
+            id: r.u64()?,
+            due_ms: r.i64()?,
+        }),
+        ApiKey::Nack => Response::Nack(delivery::read_nack_response(&mut r)?),
+        ApiKey::DlqReplay => Response::DlqReplay(DlqReplayResponse {
+            replayed: r.u32()?,
+            next: r.u64()?,
+        }),
+        ApiKey::InitProducer => Response::InitProducer {
+            producer_id: r.u64()?,
+        },
     };
     r.finish()?;
     Ok((header, Some(response)))

@@ -18,11 +18,16 @@
 //! ([`FrameBuffers`]). It must not import storage, glommio or std::net.
 
 mod buffers;
+pub mod delivery;
 pub mod groups;
 mod messages;
 pub mod wire;
 
 pub use buffers::FrameBuffers;
+pub use delivery::{
+    DlqReplayResponse, NackOutcome, NackRequest, NackResponse, ProduceDelayedRequest,
+    ProduceDelayedResponse,
+};
 pub use groups::{
     CommitOffset, CommitResult, FetchedOffset, GroupDescription, GroupState, GroupSummary,
     JoinGroupRequest, JoinGroupResponse, MemberDescription, OffsetCommitRequest, PartitionLag,
@@ -80,11 +85,19 @@ pub enum ApiKey {
     ListGroups = 16,
     /// Deletes a group with no members, and its committed offsets.
     DeleteGroup = 17,
+    /// Records to append to a partition at a time, not before.
+    ProduceDelayed = 18,
+    /// A group member failed to process a record: retry it later or dead-letter it.
+    Nack = 19,
+    /// Gives a group's dead letters back to that group.
+    DlqReplay = 20,
+    /// Hands out a producer id for idempotent produce.
+    InitProducer = 21,
 }
 
 impl ApiKey {
     /// Every api key, in wire order.
-    pub const ALL: [ApiKey; 18] = [
+    pub const ALL: [ApiKey; 22] = [
         ApiKey::ApiVersions,
         ApiKey::Metadata,
         ApiKey::CreateTopic,
@@ -103,6 +116,10 @@ impl ApiKey {
         ApiKey::DescribeGroup,
         ApiKey::ListGroups,
         ApiKey::DeleteGroup,
+        ApiKey::ProduceDelayed,
+        ApiKey::Nack,
+        ApiKey::DlqReplay,
+        ApiKey::InitProducer,
     ];
 
     /// The key for a wire value.
@@ -119,12 +136,12 @@ impl ApiKey {
     ///
     /// Version 2 of CreateTopic and AlterTopic, and version 1 of DescribeTopic, carry a topic's
     /// read visibility (docs/protocol.md §6.3, §6.5, §6.7); version 1 of ListTopics can include
-    /// the internal topics (§6.6).
+    /// the internal topics (§6.6); version 2 of Produce may answer the idempotence codes
+    /// `OutOfOrderSequence` and `DuplicateSequence` (§6.8).
     pub fn versions(self) -> (u16, u16) {
         match self {
-            ApiKey::CreateTopic | ApiKey::AlterTopic => (0, 2),
+            ApiKey::CreateTopic | ApiKey::AlterTopic | ApiKey::Produce => (0, 2),
             ApiKey::Metadata
-            | ApiKey::Produce
             | ApiKey::Fetch
             | ApiKey::ListOffsets
             | ApiKey::DescribeTopic
@@ -138,7 +155,11 @@ impl ApiKey {
             | ApiKey::OffsetFetch
             | ApiKey::DescribeGroup
             | ApiKey::ListGroups
-            | ApiKey::DeleteGroup => (0, 0),
+            | ApiKey::DeleteGroup
+            | ApiKey::ProduceDelayed
+            | ApiKey::Nack
+            | ApiKey::DlqReplay
+            | ApiKey::InitProducer => (0, 0),
         }
     }
 
@@ -209,6 +230,13 @@ pub enum ErrorCode {
     GroupNotEmpty = 23,
     /// No such group.
     UnknownGroup = 24,
+    /// An idempotent batch does not follow its producer's last stored batch: records are
+    /// missing before it (an earlier batch failed). Sent from Produce version 2.
+    OutOfOrderSequence = 25,
+    /// An idempotent batch repeats sequences stored long ago (older than the broker remembers
+    /// batches for): it was stored, but its offsets are no longer known. Sent from Produce
+    /// version 2.
+    DuplicateSequence = 26,
 }
 
 impl ErrorCode {
@@ -241,6 +269,8 @@ impl ErrorCode {
             RebalanceInProgress,
             GroupNotEmpty,
             UnknownGroup,
+            OutOfOrderSequence,
+            DuplicateSequence,
         ]
         .get(v as usize)
         .copied()
@@ -263,6 +293,10 @@ impl ErrorCode {
                     u16::MAX
                 }
             }
+            ErrorCode::OutOfOrderSequence | ErrorCode::DuplicateSequence => match api {
+                ApiKey::Produce => 2,
+                _ => u16::MAX,
+            },
             ErrorCode::LimitExceeded => match api {
                 ApiKey::Metadata
                 | ApiKey::CreateTopic
@@ -291,6 +325,9 @@ impl ErrorCode {
                 ErrorCode::InvalidConfig
             }
             (ErrorCode::LimitExceeded, _) => ErrorCode::InvalidRequest,
+            (ErrorCode::OutOfOrderSequence | ErrorCode::DuplicateSequence, _) => {
+                ErrorCode::InvalidRequest
+            }
             (
                 ErrorCode::UnknownMember
                 | ErrorCode::IllegalGeneration

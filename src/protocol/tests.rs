@@ -472,6 +472,54 @@ fn group_request() -> impl Strategy<Value = Request> {
         name().prop_map(|group| Request::DescribeGroup { group }),
         Just(Request::ListGroups),
         name().prop_map(|group| Request::DeleteGroup { group }),
+        (
+            0u8..3,
+            any::<u32>(),
+            name(),
+            any::<u32>(),
+            any::<i64>(),
+            run()
+        )
+            .prop_map(|(a, timeout_ms, topic, partition, deliver_at_ms, run)| {
+                Request::ProduceDelayed(ProduceDelayedRequest {
+                    acks: [Acks::None, Acks::Written, Acks::Durable][a as usize],
+                    timeout_ms,
+                    topic,
+                    partition,
+                    deliver_at_ms,
+                    run,
+                })
+            }),
+        (
+            name(),
+            name(),
+            any::<u32>(),
+            name(),
+            any::<u32>(),
+            any::<u64>(),
+            any::<u32>(),
+            name()
+        )
+            .prop_map(
+                |(group, member_id, generation, topic, partition, offset, r, error)| {
+                    Request::Nack(NackRequest {
+                        group,
+                        member_id,
+                        generation,
+                        topic,
+                        partition,
+                        offset,
+                        retry_after_ms: r,
+                        max_deliveries: r % 7,
+                        error,
+                    })
+                }
+            ),
+        (name(), any::<u32>()).prop_map(|(group, max_messages)| Request::DlqReplay {
+            group,
+            max_messages
+        }),
+        Just(Request::InitProducer),
     ]
 }
 
@@ -573,6 +621,34 @@ fn group_response() -> impl Strategy<Value = (ApiKey, Response)> {
                     }),
                 )
             }),
+        (any::<u64>(), any::<i64>()).prop_map(|(id, due_ms)| {
+            (
+                ApiKey::ProduceDelayed,
+                Response::ProduceDelayed(ProduceDelayedResponse { id, due_ms }),
+            )
+        }),
+        (any::<bool>(), any::<u32>()).prop_map(|(dead, delivery)| {
+            (
+                ApiKey::Nack,
+                Response::Nack(NackResponse {
+                    outcome: if dead {
+                        NackOutcome::DeadLettered
+                    } else {
+                        NackOutcome::Retry
+                    },
+                    delivery,
+                }),
+            )
+        }),
+        (any::<u32>(), any::<u64>()).prop_map(|(replayed, next)| {
+            (
+                ApiKey::DlqReplay,
+                Response::DlqReplay(DlqReplayResponse { replayed, next }),
+            )
+        }),
+        any::<u64>().prop_map(|producer_id| {
+            (ApiKey::InitProducer, Response::InitProducer { producer_id })
+        }),
         proptest::collection::vec((name(), state(), any::<u32>()), 0..4).prop_map(|v| {
             (
                 ApiKey::ListGroups,

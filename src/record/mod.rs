@@ -481,6 +481,49 @@ pub fn encode(message: &Message, out: &mut Vec<u8>) -> Result<usize, RecordError
     Ok(out.len() - start)
 }
 
+/// Numbers the records of a producer's run for an idempotent producer: record `i` gets
+/// `producer_id` and sequence `first_sequence + i`, written in place into each archive (rkyv
+/// puts the root object at the end of an archive, so the two fields sit at fixed distances from
+/// it), and the archive and header CRCs are recomputed. Returns the number of records.
+///
+/// The producer calls this when it first sends a batch, and again with a new id when it has to
+/// start a new sequence, so a batch never needs encoding twice.
+pub fn set_producer(
+    run: &mut [u8],
+    producer_id: u64,
+    first_sequence: u64,
+    archive_len_max: usize,
+) -> Result<u64, RecordError> {
+    let root = std::mem::size_of::<ArchivedMessage>();
+    let at_id = std::mem::offset_of!(ArchivedMessage, producer_id);
+    let at_seq = std::mem::offset_of!(ArchivedMessage, sequence);
+    let mut position = 0;
+    let mut count = 0u64;
+    while position < run.len() {
+        let total = check_produced(run, position, archive_len_max)?;
+        let start = position + HEADER_LEN;
+        let len = read_u32(&run[position..], AT_ARCHIVE_LEN) as usize;
+        if len < root {
+            return Err(RecordError::BadLength {
+                position,
+                len,
+                limit: archive_len_max,
+            });
+        }
+        let base = start + len - root;
+        let sequence = first_sequence + count;
+        run[base + at_id..base + at_id + 8].copy_from_slice(&producer_id.to_le_bytes());
+        run[base + at_seq..base + at_seq + 8].copy_from_slice(&sequence.to_le_bytes());
+        let crc = crc32fast::hash(&run[start..start + len]);
+        run[position + AT_ARCHIVE_CRC..position + AT_ARCHIVE_CRC + 4]
+            .copy_from_slice(&crc.to_le_bytes());
+        stamp_header(&mut run[position..], 0, 0);
+        position += total;
+        count += 1;
+    }
+    Ok(count)
+}
+
 /// Iterates over a run of whole records (a fetched slice, a segment prefix), checking each with
 /// [`Check::Crc`]. Stops at the first error and yields it; a zero header ends the run cleanly.
 pub struct Records<'a> {
@@ -529,6 +572,33 @@ impl<'a> Iterator for Records<'a> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn given_encoded_records_when_numbered_should_carry_id_and_sequences_and_stay_valid() {
+        let mut buf = Vec::new();
+        for i in 0..3u8 {
+            let m = Message {
+                value: vec![i; 10 + i as usize],
+                key: Some(vec![i]),
+                ..Message::default()
+            };
+            encode(&m, &mut buf).unwrap();
+        }
+        let mut run = rkyv::util::AlignedVec::<16>::new();
+        run.extend_from_slice(&buf);
+        assert_eq!(set_producer(&mut run, 77, 40, ARCHIVE_LEN_MAX).unwrap(), 3);
+        let mut n = 0u8;
+        for r in Records::new(&run, ARCHIVE_LEN_MAX) {
+            let r = r.unwrap();
+            let m = r.message().unwrap();
+            assert_eq!(m.producer_id.to_native(), 77);
+            assert_eq!(m.sequence.to_native(), 40 + n as u64);
+            assert_eq!(m.value.as_slice(), &vec![n; 10 + n as usize][..]);
+            n += 1;
+        }
+        assert_eq!(n, 3);
+        check_produced(&run, 0, ARCHIVE_LEN_MAX).unwrap();
+    }
     use super::*;
     use proptest::prelude::*;
 

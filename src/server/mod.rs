@@ -228,6 +228,17 @@ impl Broker {
                 visibility: Some(crate::protocol::Visibility::Written),
             },
         )?;
+        // Delayed records wait in their own internal topic; the scheduler deletes what no pending
+        // entry needs, so it has no retention of its own.
+        catalog.ensure_internal(
+            crate::delay::DELAYS_TOPIC,
+            &crate::protocol::TopicConfig {
+                partitions: config.delay_partitions,
+                retention_bytes: None,
+                retention_ms: None,
+                visibility: Some(crate::protocol::Visibility::Written),
+            },
+        )?;
         let pool =
             Arc::new(
                 FlushPool::new(config.flush_threads).map_err(|e| ServerError::DataDir {
@@ -421,6 +432,7 @@ async fn run_shard<I: Io>(
         std::mem::forget(guard);
         return;
     };
+    tasks.push(runtime::spawn(shard.clone().run_delays()));
     {
         let shard = shard.clone();
         let every = Duration::from_millis(shared.config.retention_check_ms);

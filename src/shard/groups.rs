@@ -249,6 +249,41 @@ impl<I: Io> Shard<I> {
         Ok(())
     }
 
+    /// Commits positions the broker keeps for a group itself (its dead-letter replay cursor),
+    /// durably, whatever its members.
+    pub async fn group_commit_own(
+        self: &Rc<Self>,
+        p: u32,
+        group: &str,
+        offsets: Vec<(TopicPartition, u64)>,
+    ) -> Result<(), ShardError> {
+        let slot = self.coordinator(p)?;
+        let at = now_ms();
+        let committed: Vec<(TopicPartition, Committed)> = offsets
+            .into_iter()
+            .map(|(tp, offset)| {
+                let c = Committed {
+                    offset,
+                    metadata: String::new(),
+                    timestamp_ms: at,
+                };
+                (tp, c)
+            })
+            .collect();
+        let mut run = Vec::new();
+        store::encode_commit(group, &committed, &mut run).map_err(|e| invalid(e.to_string()))?;
+        self.append_internal(p, run, 30_000).await?;
+        slot.borrow_mut().state.apply_commit(group, committed);
+        Ok(())
+    }
+
+    /// Makes the members of `group` join again (its retry topic appeared).
+    pub fn group_rebalance(self: &Rc<Self>, p: u32, group: &str) -> Result<(), ShardError> {
+        let slot = self.coordinator(p)?;
+        slot.borrow_mut().state.rebalance(group, Instant::now());
+        Ok(())
+    }
+
     /// Deletes a group with no members, durably.
     pub async fn group_delete(self: &Rc<Self>, p: u32, group: &str) -> Result<(), ShardError> {
         let slot = self.coordinator(p)?;

@@ -13,8 +13,10 @@
 //! This module owns partitions and the cross-shard hop. It must not know about sockets, frames or
 //! the runtime beyond what [`crate::runtime`] offers.
 
+pub mod delays;
 pub mod forward;
 pub mod groups;
+pub mod idempotence;
 pub mod ops;
 
 use std::cell::{Cell, RefCell};
@@ -64,6 +66,46 @@ pub fn fnv1a32(bytes: &[u8]) -> u32 {
 /// Why a shard operation failed. The server maps each to a wire error code.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ShardError {
+    /// A value of the request is out of range.
+    #[error("invalid request: {reason}")]
+    Invalid {
+        /// Why.
+        reason: String,
+    },
+    /// A bound of the broker would be passed.
+    #[error("{reason}")]
+    Limit {
+        /// Which.
+        reason: String,
+    },
+    /// An idempotent batch does not start where its producer's last stored batch ended.
+    #[error("producer {producer_id} skipped sequences: expected {expected}, got {got}")]
+    OutOfOrderSequence {
+        /// The producer.
+        producer_id: u64,
+        /// The sequence its next batch must start with.
+        expected: u64,
+        /// What the batch started with.
+        got: u64,
+    },
+    /// An idempotent batch repeats sequences stored before the batches the broker remembers.
+    #[error(
+        "producer {producer_id} sent sequence {got} again, stored long ago (next is {expected})"
+    )]
+    DuplicateSequence {
+        /// The producer.
+        producer_id: u64,
+        /// The sequence its next batch must start with.
+        expected: u64,
+        /// What the batch started with.
+        got: u64,
+    },
+    /// A client tried to write an internal topic (only the broker does).
+    #[error("'{topic}' is an internal topic: only the broker writes it")]
+    InternalTopic {
+        /// The topic.
+        topic: String,
+    },
     /// No such topic.
     #[error("unknown topic '{topic}'")]
     UnknownTopic {
@@ -146,6 +188,8 @@ pub struct Partition<I: Io> {
     pub log: RefCell<Log<I>>,
     /// Notified on every append: long-polling fetches wait on it, no timer polling.
     pub appended: Event,
+    /// Idempotent producers' last batches; rebuilt from the log's tail on first use.
+    pub producers: RefCell<Option<idempotence::ProducerTable>>,
 }
 
 impl<I: Io> Partition<I> {
@@ -177,6 +221,8 @@ pub struct Shard<I: Io> {
     partitions: RefCell<HashMap<String, Slots<I>>>,
     /// Loaded group coordinators, by offsets partition.
     coordinators: RefCell<HashMap<u32, Rc<RefCell<groups::Slot>>>>,
+    /// Loaded delays partitions.
+    delays: RefCell<HashMap<u32, Rc<RefCell<delays::DelaySlot>>>>,
     stopping: Cell<bool>,
     stop_event: Event,
 }
@@ -204,6 +250,7 @@ impl<I: Io> Shard<I> {
             pool,
             partitions: RefCell::new(HashMap::new()),
             coordinators: RefCell::new(HashMap::new()),
+            delays: RefCell::new(HashMap::new()),
             stopping: Cell::new(false),
             stop_event: Event::new(),
         }
@@ -338,6 +385,7 @@ impl<I: Io> Shard<I> {
             meta: meta.clone(),
             log: RefCell::new(log),
             appended: Event::new(),
+            producers: RefCell::new(None),
         })
     }
 

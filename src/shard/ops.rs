@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use event_listener::EventListener;
 
-use super::{Shard, ShardError};
+use super::{idempotence, Shard, ShardError};
 use crate::config::FsyncPolicy;
 use crate::protocol::Visibility;
 use crate::runtime;
@@ -126,6 +126,115 @@ impl<I: Io> Shard<I> {
         let durable = (acks == AckLevel::Durable || self.config.fsync == FsyncPolicy::Always)
             .then(|| part.log.borrow().wait_durable(appended.next_offset));
         Ok(Appending { appended, durable })
+    }
+
+    /// A client's append: refused on internal topics, and checked against the producer's last
+    /// batches when its records come from an idempotent producer (see [`super::idempotence`]):
+    /// a batch stored already is answered with its original offsets, not stored again.
+    pub fn append_client(
+        &self,
+        topic: &str,
+        partition: u32,
+        run: &mut [u8],
+        acks: AckLevel,
+    ) -> Result<Appending, ShardError> {
+        if topic.starts_with(crate::catalog::INTERNAL_PREFIX) {
+            return Err(ShardError::InternalTopic {
+                topic: topic.to_string(),
+            });
+        }
+        let batch = match idempotence::batch_id(run, self.config.record_bytes_max) {
+            Ok(Some(b)) => b,
+            // Not idempotent; or an invalid record, which the append reports.
+            Ok(None) | Err(idempotence::BatchError::Record(_)) => {
+                return self.append(topic, partition, run, acks)
+            }
+            Err(e @ idempotence::BatchError::NotOneBatch(_)) => {
+                return Err(ShardError::Invalid {
+                    reason: e.to_string(),
+                })
+            }
+        };
+        let part = self.partition(topic, partition)?;
+        if part.producers.borrow().is_none() {
+            let table = self.rebuild_producers(topic, partition, &part)?;
+            *part.producers.borrow_mut() = Some(table);
+        }
+        let decision = part
+            .producers
+            .borrow()
+            .as_ref()
+            .map_or(idempotence::Decision::Append, |t| t.check(&batch));
+        match decision {
+            idempotence::Decision::Append => {
+                let a = self.append(topic, partition, run, acks)?;
+                if let Some(t) = part.producers.borrow_mut().as_mut() {
+                    t.stored(&batch, a.appended.base_offset, a.appended.timestamp_ms);
+                }
+                Ok(a)
+            }
+            idempotence::Decision::Duplicate(s) => {
+                let appended = Appended {
+                    base_offset: s.base_offset,
+                    next_offset: s.base_offset + batch.count,
+                    timestamp_ms: s.timestamp_ms,
+                };
+                tracing::debug!(
+                    topic,
+                    partition,
+                    producer = batch.producer_id,
+                    sequence = batch.first,
+                    "duplicate batch answered with its offsets"
+                );
+                let durable = (acks == AckLevel::Durable
+                    || self.config.fsync == FsyncPolicy::Always)
+                    .then(|| part.log.borrow().wait_durable(appended.next_offset));
+                Ok(Appending { appended, durable })
+            }
+            idempotence::Decision::Gap { expected } => Err(ShardError::OutOfOrderSequence {
+                producer_id: batch.producer_id,
+                expected,
+                got: batch.first,
+            }),
+            idempotence::Decision::Old { expected } => Err(ShardError::DuplicateSequence {
+                producer_id: batch.producer_id,
+                expected,
+                got: batch.first,
+            }),
+        }
+    }
+
+    /// Reads the last [`idempotence::SCAN_BYTES`] of a partition into a producer table.
+    fn rebuild_producers(
+        &self,
+        topic: &str,
+        partition: u32,
+        part: &super::Partition<I>,
+    ) -> Result<idempotence::ProducerTable, ShardError> {
+        let log = part.log.borrow();
+        let mut from = log.next_offset();
+        let mut bytes = 0u64;
+        for (base, _next, len) in log.segments().into_iter().rev() {
+            from = base;
+            bytes += len as u64;
+            if bytes >= idempotence::SCAN_BYTES {
+                break;
+            }
+        }
+        let mut table = idempotence::ProducerTable::default();
+        let mut offset = from.max(log.earliest_offset());
+        while offset < log.next_offset() {
+            let slice = log
+                .read(offset, 1 << 20)
+                .map_err(|e| storage(topic, partition, e))?;
+            if slice.next_offset <= offset {
+                break;
+            }
+            table.rebuild_from(slice.bytes(), self.config.record_bytes_max);
+            offset = slice.next_offset;
+        }
+        table.rebuilt();
+        Ok(table)
     }
 
     /// Reads whole records from `offset`, at most `max_bytes` but at least one record when one

@@ -727,33 +727,53 @@ impl<I: Io> Log<I> {
             if !(over_bytes || over_age) {
                 break;
             }
-            let oldest = self.segments.pop_front().expect("more than one segment");
-            self.flusher.forget_map(&dyn_map(&oldest.map));
-            if !self.spare && oldest.recyclable() {
-                // Keep the file, and its resident pages, for the next segment.
-                let spare = self.dir.join(RECYCLED_NAME);
-                self.io
-                    .rename(&oldest.path, &spare)
-                    .map_err(|e| StorageError::io("keep for reuse segment", &oldest.path, e))?;
-                self.spare = true;
-            } else {
-                self.io
-                    .remove(&oldest.path)
-                    .map_err(|e| StorageError::io("delete segment", &oldest.path, e))?;
-            }
-            let index = oldest
-                .path
-                .with_file_name(segment::index_name(oldest.base_offset));
-            if let Err(e) = self.io.remove(&index) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    return Err(StorageError::io("delete index", &index, e));
-                }
-            }
-            tracing::info!(dir = %self.dir.display(), base = oldest.base_offset, "retention deleted segment");
-            self.flusher.dir_changed();
-            removed.push(oldest.base_offset);
+            removed.push(self.delete_oldest()?);
         }
         Ok(removed)
+    }
+
+    /// Deletes the sealed segments holding only records below `offset` (what a broker-internal
+    /// log no longer needs, whatever its age or size). The active segment is never deleted.
+    /// Returns the base offsets of the deleted segments.
+    pub fn delete_below(&mut self, offset: u64) -> Result<Vec<u64>, StorageError> {
+        let mut removed = Vec::new();
+        while self.segments.len() > 1 && self.segments[1].base_offset <= offset {
+            removed.push(self.delete_oldest()?);
+        }
+        Ok(removed)
+    }
+
+    /// Deletes the oldest segment (there is a newer one) and its index; returns its base offset.
+    fn delete_oldest(&mut self) -> Result<u64, StorageError> {
+        assert!(
+            self.segments.len() > 1,
+            "the active segment is never deleted"
+        );
+        let oldest = self.segments.pop_front().expect("more than one segment");
+        self.flusher.forget_map(&dyn_map(&oldest.map));
+        if !self.spare && oldest.recyclable() {
+            // Keep the file, and its resident pages, for the next segment.
+            let spare = self.dir.join(RECYCLED_NAME);
+            self.io
+                .rename(&oldest.path, &spare)
+                .map_err(|e| StorageError::io("keep for reuse segment", &oldest.path, e))?;
+            self.spare = true;
+        } else {
+            self.io
+                .remove(&oldest.path)
+                .map_err(|e| StorageError::io("delete segment", &oldest.path, e))?;
+        }
+        let index = oldest
+            .path
+            .with_file_name(segment::index_name(oldest.base_offset));
+        if let Err(e) = self.io.remove(&index) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                return Err(StorageError::io("delete index", &index, e));
+            }
+        }
+        tracing::info!(dir = %self.dir.display(), base = oldest.base_offset, "retention deleted segment");
+        self.flusher.dir_changed();
+        Ok(oldest.base_offset)
     }
 
     /// Removes every record at or after `next_offset`. Fails if a reader still holds a slice of

@@ -133,8 +133,19 @@ pub(super) async fn delete_topic<M: SegmentMap>(
     shared: &Arc<Shared>,
     name: String,
 ) -> Outgoing<M> {
+    if name.starts_with(INTERNAL_PREFIX) {
+        return internal_refused(req, &name);
+    }
     let catalog = shared.catalog.clone();
     catalog_change(req, move || catalog.delete(&name)).await
+}
+
+/// Internal topics are the broker's: clients read them, never change them.
+pub(super) fn internal_refused<M: SegmentMap>(req: Req, name: &str) -> Outgoing<M> {
+    req.error(
+        ErrorCode::InvalidTopicName,
+        &format!("'{name}' is an internal topic: only the broker changes it"),
+    )
 }
 
 /// The settings an AlterTopic changes (`None`: unchanged).
@@ -151,6 +162,9 @@ pub(super) async fn alter_topic<M: SegmentMap>(
     name: String,
     c: TopicChange,
 ) -> Outgoing<M> {
+    if name.starts_with(INTERNAL_PREFIX) {
+        return internal_refused(req, &name);
+    }
     let catalog = shared.catalog.clone();
     catalog_change(req, move || {
         catalog.alter(

@@ -34,7 +34,10 @@ pub(super) fn group_code(e: &GroupError) -> ErrorCode {
 }
 
 /// The coordinator of `group`: its offsets partition and that partition's owner shard.
-fn coordinator<I: Io>(shard: &Shard<I>, group: &str) -> Result<(u32, ShardId), ShardError> {
+pub(super) fn coordinator<I: Io>(
+    shard: &Shard<I>,
+    group: &str,
+) -> Result<(u32, ShardId), ShardError> {
     if !valid_group_name(group) {
         return Err(ShardError::Group(GroupError::Invalid(format!(
             "invalid group name '{group}': 1-200 characters of [A-Za-z0-9._-]"

@@ -14,6 +14,7 @@
 //! function here, and its line in [`handle`]'s match; docs/architecture.md lists the places.
 
 mod admin;
+mod delivery;
 mod fetch;
 mod groups;
 mod produce;
@@ -150,6 +151,13 @@ pub(crate) async fn handle<I: Io>(
         Request::DescribeGroup { group } => Some(groups::describe(req, shard, group).await),
         Request::ListGroups => Some(groups::list(req, shard).await),
         Request::DeleteGroup { group } => Some(groups::delete(req, shard, group).await),
+        Request::ProduceDelayed(p) => delivery::produce_delayed(req, shard, shared, p).await,
+        Request::Nack(n) => Some(delivery::nack(req, shard, shared, n).await),
+        Request::DlqReplay {
+            group,
+            max_messages,
+        } => Some(delivery::dlq_replay(req, shard, shared, group, max_messages).await),
+        Request::InitProducer => Some(delivery::init_producer(req)),
     }
 }
 
@@ -157,6 +165,11 @@ pub(crate) async fn handle<I: Io>(
 pub(crate) fn shard_code(e: &ShardError) -> ErrorCode {
     match e {
         ShardError::UnknownTopic { .. } => ErrorCode::UnknownTopic,
+        ShardError::InternalTopic { .. } => ErrorCode::InvalidTopicName,
+        ShardError::Invalid { .. } => ErrorCode::InvalidRequest,
+        ShardError::OutOfOrderSequence { .. } => ErrorCode::OutOfOrderSequence,
+        ShardError::DuplicateSequence { .. } => ErrorCode::DuplicateSequence,
+        ShardError::Limit { .. } => ErrorCode::LimitExceeded,
         ShardError::UnknownPartition { .. } => ErrorCode::UnknownPartition,
         ShardError::Storage { source, .. } => storage_code(source),
         ShardError::Flush(_) => ErrorCode::StorageFailed,

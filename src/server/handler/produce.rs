@@ -49,7 +49,7 @@ pub(super) async fn produce<I: Io>(
             for i in idxs {
                 let b = &p.blocks[i];
                 let run = &mut frame[b.run.clone()];
-                local.push((i, shard.append(&b.topic, b.partition, run, acks)));
+                local.push((i, shard.append_client(&b.topic, b.partition, run, acks)));
             }
             continue;
         }
@@ -74,7 +74,7 @@ pub(super) async fn produce<I: Io>(
                     let appending: Vec<(usize, Result<Appending, ShardError>)> = items
                         .into_iter()
                         .map(|(i, topic, partition, mut run)| {
-                            (i, s.append(&topic, partition, &mut run, acks))
+                            (i, s.append_client(&topic, partition, &mut run, acks))
                         })
                         .collect();
                     drop(charge);
@@ -119,6 +119,7 @@ pub(super) async fn produce<I: Io>(
     if p.acks == Acks::None {
         return None;
     }
+    lose_ack_failpoints().await;
     let results = p
         .blocks
         .iter()
@@ -146,4 +147,26 @@ pub(super) async fn produce<I: Io>(
         })
         .collect();
     Some(req.ok(&Response::Produce(results)))
+}
+
+/// Failpoints that lose a stored batch's acknowledgement (tuning.md, "Failpoints"), for the
+/// idempotent-producer tests: `produce-lose-ack` holds every 4th answered Produce request's
+/// response for 5 s (past the client's deadline, so the client gives up on it and resends);
+/// `produce-crash-before-ack` aborts the process before answering the 3rd.
+async fn lose_ack_failpoints() {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    static ANSWERED: AtomicU64 = AtomicU64::new(0);
+    let lose = crate::failpoint::hit("produce-lose-ack");
+    let crash = crate::failpoint::hit("produce-crash-before-ack");
+    if !lose && !crash {
+        return;
+    }
+    let n = ANSWERED.fetch_add(1, Relaxed);
+    if crash && n == 2 {
+        tracing::error!("failpoint produce-crash-before-ack");
+        std::process::abort();
+    }
+    if lose && n % 4 == 3 {
+        runtime::sleep(std::time::Duration::from_secs(5)).await;
+    }
 }
