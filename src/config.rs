@@ -147,7 +147,8 @@ pub struct BrokerConfig {
     pub group_members_max: usize,
     /// Partitions of the internal topic of delayed records (fixed once it exists).
     pub delay_partitions: u32,
-    /// Most delayed records waiting in the broker.
+    /// Most delayed entries waiting in the broker: one per ProduceDelayed block (however many
+    /// records it holds) and one per nacked message.
     pub delayed_messages_max: usize,
     /// Longest delay a producer may ask for.
     pub delay_max_ms: u64,

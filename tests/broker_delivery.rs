@@ -366,3 +366,61 @@ fn given_bad_delayed_sends_should_answer_typed_errors() {
         BTreeSet::from(["x".to_string()])
     );
 }
+
+#[test]
+fn given_a_tokio_application_should_send_idempotently_and_delayed_and_work_a_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = TestBroker::start(dir.path(), &[]);
+    let addr = broker.addr.to_string();
+    let client = connect(&broker);
+    topic(&client, "jobs", 2);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let seen = runtime.block_on(async move {
+        // Send futures are awaited on tokio's executor.
+        let producer = client
+            .producer(ProducerConfig {
+                idempotent: true,
+                ..ProducerConfig::default()
+            })
+            .unwrap();
+        let now = producer
+            .send(ProducerRecord::new("jobs", "now"))
+            .await
+            .unwrap();
+        assert!(now.offset.is_some());
+        let later = producer
+            .send(ProducerRecord::new("jobs", "later").with_delay(Duration::from_millis(300)))
+            .await
+            .unwrap();
+        assert_eq!(
+            later.offset, None,
+            "a delayed record gets its offset when delivered"
+        );
+        producer.close();
+        // The group consumer blocks: it runs on tokio's blocking pool.
+        tokio::task::spawn_blocking(move || {
+            let mut m = member(&addr, "workers", "jobs");
+            let mut seen = Vec::new();
+            drain(&mut m, Duration::from_millis(1_500), |m, r| {
+                let v = String::from_utf8(r.value.clone()).unwrap();
+                seen.push((v.clone(), r.delivery()));
+                if v == "now" && r.delivery() == 1 {
+                    m.nack(r, Duration::from_millis(100), "try again").unwrap();
+                }
+            });
+            m.close().unwrap();
+            seen
+        })
+        .await
+        .unwrap()
+    });
+    let mut seen = seen;
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec![("later".into(), 1), ("now".into(), 1), ("now".into(), 2)]
+    );
+}

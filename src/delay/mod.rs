@@ -180,9 +180,12 @@ pub fn tag_run(run: &[u8], d: u32, id: u64, archive_len_max: usize) -> Result<Ve
     let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(run.len());
     aligned.extend_from_slice(run);
     let mut out = Vec::with_capacity(run.len() + 32);
-    for r in record::Records::new(&aligned, archive_len_max) {
-        let r = r?;
-        let mut m: Message = rkyv::deserialize::<Message, rkyv::rancor::Error>(r.message()?)
+    let mut position = 0;
+    while position < aligned.len() {
+        // As the producer sent it: broker fields and header CRC not set yet.
+        let (archived, total) = record::produced_message(&aligned, position, archive_len_max)?;
+        position += total;
+        let mut m: Message = rkyv::deserialize::<Message, rkyv::rancor::Error>(archived)
             .map_err(|e| DelayError::Malformed(e.to_string()))?;
         m.producer_id = DELAY_PRODUCER_ID_BASE | u64::from(d);
         m.sequence = id;

@@ -412,6 +412,17 @@ pub fn check_produced(
     position: usize,
     archive_len_max: usize,
 ) -> Result<usize, RecordError> {
+    produced_message(buf, position, archive_len_max).map(|(_, total)| total)
+}
+
+/// Like [`check_produced`], and returns the record's message too. The broker reads what a
+/// producer sent with this, never with the read path's [`decode`]: a producer's header CRC and
+/// broker fields are not yet set.
+pub fn produced_message(
+    buf: &[u8],
+    position: usize,
+    archive_len_max: usize,
+) -> Result<(&ArchivedMessage, usize), RecordError> {
     let h = header_bytes(buf, position)?;
     let (len, total) = check_shape(buf, position, h, archive_len_max)?;
     let stored = read_u32(h, AT_ARCHIVE_CRC);
@@ -428,8 +439,7 @@ pub fn check_produced(
     if buf[start + len..position + total].iter().any(|&b| b != 0) {
         return Err(RecordError::BadPadding { position });
     }
-    check_archive(archive, position)?;
-    Ok(total)
+    Ok((check_archive(archive, position)?, total))
 }
 
 /// Appends one record for `message` to `out`, as a producer sends it: archive, archive CRC and

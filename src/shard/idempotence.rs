@@ -53,13 +53,16 @@ pub enum BatchError {
 }
 
 /// Reads a run's producer id and sequences. `Ok(None)` for a run of a producer that is not
-/// idempotent (`producer_id` 0) or of the broker itself; an error for a run mixing producers or
-/// with sequences that are not consecutive.
+/// idempotent (`producer_id` 0) or of the broker itself: the first record decides, so a plain
+/// producer's run costs one record's check here. An error for an idempotent run mixing
+/// producers or with sequences that are not consecutive.
 pub fn batch_id(run: &[u8], archive_len_max: usize) -> Result<Option<BatchId>, BatchError> {
     let mut id: Option<BatchId> = None;
-    for r in Records::new(run, archive_len_max) {
-        let r = r?;
-        let m = r.message()?;
+    let mut position = 0;
+    while position < run.len() {
+        // As the producer sent it: broker fields and header CRC not set yet.
+        let (m, total) = record::produced_message(run, position, archive_len_max)?;
+        position += total;
         let (pid, seq) = (m.producer_id.to_native(), m.sequence.to_native());
         match &mut id {
             None if pid == 0 || pid >= BROKER_IDS => return Ok(None),
@@ -254,13 +257,25 @@ mod tests {
         a
     }
 
+    /// A run as a producer may send it: header CRCs left 0 (docs/protocol.md §8.1).
+    fn sent(pid: u64, seqs: std::ops::Range<u64>) -> rkyv::util::AlignedVec<16> {
+        let mut r = run(pid, seqs);
+        let mut at = 0;
+        while at < r.len() {
+            let total = record::check_produced(&r, at, record::ARCHIVE_LEN_MAX).unwrap();
+            r[at + 28..at + 32].fill(0);
+            at += total;
+        }
+        r
+    }
+
     #[test]
     fn given_batches_should_append_new_dedupe_repeats_and_refuse_gaps() {
         let mut t = ProducerTable::default();
-        let b0 = run_batch_id(&run(9, 0..3)).unwrap().unwrap();
+        let b0 = run_batch_id(&sent(9, 0..3)).unwrap().unwrap();
         assert_eq!(t.check(&b0), Decision::Append);
         t.stored(&b0, 100, 7);
-        let b1 = run_batch_id(&run(9, 3..5)).unwrap().unwrap();
+        let b1 = run_batch_id(&sent(9, 3..5)).unwrap().unwrap();
         assert_eq!(
             t.check(&b0),
             Decision::Duplicate(Stored {
@@ -272,12 +287,12 @@ mod tests {
         );
         assert_eq!(t.check(&b1), Decision::Append);
         t.stored(&b1, 103, 8);
-        let gap = run_batch_id(&run(9, 6..7)).unwrap().unwrap();
+        let gap = run_batch_id(&sent(9, 6..7)).unwrap().unwrap();
         assert_eq!(t.check(&gap), Decision::Gap { expected: 5 });
-        let inside = run_batch_id(&run(9, 1..2)).unwrap().unwrap();
+        let inside = run_batch_id(&sent(9, 1..2)).unwrap().unwrap();
         assert!(matches!(t.check(&inside), Decision::Duplicate(s) if s.base_offset == 101));
         for i in 0..REMEMBERED as u64 {
-            let b = run_batch_id(&run(9, 5 + i..6 + i)).unwrap().unwrap();
+            let b = run_batch_id(&sent(9, 5 + i..6 + i)).unwrap().unwrap();
             assert_eq!(t.check(&b), Decision::Append);
             t.stored(&b, 105 + i, 9);
         }
@@ -287,13 +302,13 @@ mod tests {
             Decision::Old { expected },
             "forgotten: older than the remembered batches"
         );
-        assert_eq!(run_batch_id(&run(0, 0..3)).unwrap(), None);
-        assert_eq!(run_batch_id(&run(BROKER_IDS | 1, 0..3)).unwrap(), None);
-        let mut mixed = run(9, 0..1);
-        mixed.extend_from_slice(&run(8, 1..2));
+        assert_eq!(run_batch_id(&sent(0, 0..3)).unwrap(), None);
+        assert_eq!(run_batch_id(&sent(BROKER_IDS | 1, 0..3)).unwrap(), None);
+        let mut mixed = sent(9, 0..1);
+        mixed.extend_from_slice(&sent(8, 1..2));
         assert!(run_batch_id(&mixed).is_err());
-        let mut skipping = run(9, 0..1);
-        skipping.extend_from_slice(&run(9, 2..3));
+        let mut skipping = sent(9, 0..1);
+        skipping.extend_from_slice(&sent(9, 2..3));
         assert!(
             run_batch_id(&skipping).is_err(),
             "sequences must be consecutive"

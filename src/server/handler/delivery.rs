@@ -245,6 +245,14 @@ async fn nack_inner<I: Io>(
             reason: "max_deliveries must be at least 1".into(),
         });
     }
+    if u64::from(n.retry_after_ms) > shared.config.delay_max_ms {
+        return Err(ShardError::Invalid {
+            reason: format!(
+                "retry_after_ms {} is over the broker's delay_max_ms {}",
+                n.retry_after_ms, shared.config.delay_max_ms
+            ),
+        });
+    }
     let retry_topic = retry::retry_topic(&n.group);
     if n.topic.starts_with(INTERNAL_PREFIX) && n.topic != retry_topic {
         return Err(ShardError::Invalid {
@@ -332,6 +340,8 @@ async fn replay_inner<I: Io>(
     group: String,
     max_messages: u32,
 ) -> Result<DlqReplayResponse, ShardError> {
+    // An invalid name is refused as such, not as a group without dead letters.
+    super::groups::coordinator(shard, &group)?;
     let dlq = retry::dlq_topic(&group);
     if shared.catalog.get(&dlq).is_none() {
         return Err(ShardError::Group(GroupError::UnknownGroup(format!(
