@@ -178,6 +178,7 @@ fn main() -> anyhow::Result<()> {
             retention_bytes: None,
             retention_ms: None,
             visibility: None,
+            ..Default::default()
         },
     )?;
     println!("broker {addr}; topic {topic} (4 partitions)\n");

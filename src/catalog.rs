@@ -25,7 +25,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use crate::protocol::{valid_topic_name, TopicConfig, Visibility};
+pub use crate::protocol::TopicChange;
+use crate::protocol::{valid_topic_name, Backlog, BacklogPolicy, TopicConfig, Visibility};
 use crate::storage::Io;
 
 /// The file operations the catalog needs, through the storage engine's I/O seam, so that a
@@ -103,6 +104,12 @@ pub struct TopicMeta {
     pub retention_ms: Option<u64>,
     /// Which records a Fetch may return: all appended, or only durable ones.
     pub visibility: Visibility,
+    /// Most messages a partition may hold for its slowest group (`None`: unlimited).
+    pub backlog_messages_max: Option<u64>,
+    /// Most bytes a partition may hold for its slowest group (`None`: unlimited).
+    pub backlog_bytes_max: Option<u64>,
+    /// What happens at the backlog bound.
+    pub backlog_policy: BacklogPolicy,
 }
 
 /// The one meaning of a retention value everywhere (flags, TOML, CreateTopic, AlterTopic): `0`
@@ -119,7 +126,17 @@ impl TopicMeta {
             retention_bytes: self.retention_bytes,
             retention_ms: self.retention_ms,
             visibility: Some(self.visibility),
+            backlog: Backlog {
+                messages_max: self.backlog_messages_max,
+                bytes_max: self.backlog_bytes_max,
+                policy: Some(self.backlog_policy),
+            },
         }
+    }
+
+    /// True when the topic bounds its backlog.
+    pub fn has_backlog_bound(&self) -> bool {
+        self.backlog_messages_max.is_some() || self.backlog_bytes_max.is_some()
     }
 
     fn encode(&self) -> String {
@@ -129,12 +146,16 @@ impl TopicMeta {
             Visibility::Durable => "durable",
         };
         format!(
-            "name={}\nid={}\npartitions={}\nretention_bytes={}\nretention_ms={}\nvisibility={visibility}\n",
+            "name={}\nid={}\npartitions={}\nretention_bytes={}\nretention_ms={}\nvisibility={visibility}\n\
+             backlog_messages_max={}\nbacklog_bytes_max={}\nbacklog_policy={}\n",
             self.name,
             self.id,
             self.partitions,
             opt(self.retention_bytes),
-            opt(self.retention_ms)
+            opt(self.retention_ms),
+            opt(self.backlog_messages_max),
+            opt(self.backlog_bytes_max),
+            self.backlog_policy.name()
         )
     }
 
@@ -169,6 +190,19 @@ impl TopicMeta {
             Some("durable") => Visibility::Durable,
             Some(other) => return Err(format!("visibility {other:?} is not written or durable")),
         };
+        // Topics created before backlog bounds existed have none.
+        let absent_or = |k: &str| -> Result<Option<u64>, String> {
+            match kv.get(k) {
+                None => Ok(None),
+                Some(_) => opt(k),
+            }
+        };
+        let backlog_policy = match kv.get("backlog_policy").copied() {
+            None => BacklogPolicy::Block,
+            Some(name) => BacklogPolicy::from_name(name).ok_or_else(|| {
+                format!("backlog_policy {name:?} is not block, reject or drop-oldest")
+            })?,
+        };
         Ok(TopicMeta {
             name: get("name")?.to_string(),
             id: num("id")?,
@@ -176,6 +210,9 @@ impl TopicMeta {
             retention_bytes: opt("retention_bytes")?,
             retention_ms: opt("retention_ms")?,
             visibility,
+            backlog_messages_max: absent_or("backlog_messages_max")?,
+            backlog_bytes_max: absent_or("backlog_bytes_max")?,
+            backlog_policy,
         })
     }
 }
@@ -547,6 +584,9 @@ impl Catalog {
             retention_bytes: config.retention_bytes.and_then(retention_limit),
             retention_ms: config.retention_ms.and_then(retention_limit),
             visibility: config.visibility.unwrap_or(Visibility::Written),
+            backlog_messages_max: config.backlog.messages_max.and_then(retention_limit),
+            backlog_bytes_max: config.backlog.bytes_max.and_then(retention_limit),
+            backlog_policy: config.backlog.policy.unwrap_or(BacklogPolicy::Block),
         };
         *next_id += 1;
         let dir = self.topic_dir(&meta);
@@ -568,16 +608,17 @@ impl Catalog {
             .map_err(io_err(&path))
     }
 
-    /// Changes a topic's partition count (up only), retention (see [`retention_limit`]) or read
-    /// visibility; `None` leaves a setting as it is.
-    pub fn alter(
-        &self,
-        name: &str,
-        partitions: Option<u32>,
-        retention_bytes: Option<u64>,
-        retention_ms: Option<u64>,
-        visibility: Option<Visibility>,
-    ) -> Result<Arc<TopicMeta>, CatalogError> {
+    /// Changes a topic's partition count (up only), retention and backlog bounds (see
+    /// [`retention_limit`]: 0 removes a bound), read visibility or backlog policy; `None` leaves a
+    /// setting as it is.
+    pub fn alter(&self, name: &str, change: &TopicChange) -> Result<Arc<TopicMeta>, CatalogError> {
+        let TopicChange {
+            partitions,
+            retention_bytes,
+            retention_ms,
+            visibility,
+            backlog,
+        } = *change;
         let _writer = self.writer();
         let topics = self.snapshot();
         let current = topics
@@ -602,6 +643,15 @@ impl Catalog {
         }
         if let Some(v) = visibility {
             meta.visibility = v;
+        }
+        if let Some(v) = backlog.messages_max {
+            meta.backlog_messages_max = retention_limit(v);
+        }
+        if let Some(v) = backlog.bytes_max {
+            meta.backlog_bytes_max = retention_limit(v);
+        }
+        if let Some(v) = backlog.policy {
+            meta.backlog_policy = v;
         }
         self.persist(&meta)?;
         let meta = Arc::new(meta);
@@ -663,6 +713,7 @@ mod tests {
             retention_bytes: None,
             retention_ms: Some(1000),
             visibility: None,
+            ..TopicConfig::default()
         }
     }
 
@@ -683,7 +734,15 @@ mod tests {
             c.create("orders", &config(1)),
             Err(CatalogError::AlreadyExists(_))
         ));
-        c.alter("orders", Some(4), Some(10), None, None).unwrap();
+        c.alter(
+            "orders",
+            &TopicChange {
+                partitions: Some(4),
+                retention_bytes: Some(10),
+                ..TopicChange::default()
+            },
+        )
+        .unwrap();
         c.delete("orders").unwrap();
         let b = c.create("orders", &config(2)).unwrap();
         assert_ne!(a.id, b.id);
@@ -710,7 +769,13 @@ mod tests {
         ));
         c.create("t", &config(2)).unwrap();
         assert!(matches!(
-            c.alter("t", Some(1), None, None, None),
+            c.alter(
+                "t",
+                &TopicChange {
+                    partitions: Some(1),
+                    ..TopicChange::default()
+                }
+            ),
             Err(CatalogError::InvalidConfig(_))
         ));
         assert!(matches!(
@@ -738,7 +803,13 @@ mod tests {
         ));
         c.create("b", &config(2)).unwrap();
         assert!(matches!(
-            c.alter("b", Some(3), None, None, None),
+            c.alter(
+                "b",
+                &TopicChange {
+                    partitions: Some(3),
+                    ..TopicChange::default()
+                }
+            ),
             Err(CatalogError::LimitExceeded(_))
         ));
         assert_eq!(c.snapshot().partitions(), 10);
@@ -756,13 +827,32 @@ mod tests {
                     retention_bytes: Some(0),
                     retention_ms: Some(u64::MAX),
                     visibility: None,
+                    ..Default::default()
                 },
             )
             .unwrap();
         assert_eq!((t.retention_bytes, t.retention_ms), (None, None));
-        let t = c.alter("t", None, Some(5), Some(7), None).unwrap();
+        let t = c
+            .alter(
+                "t",
+                &TopicChange {
+                    retention_bytes: Some(5),
+                    retention_ms: Some(7),
+                    ..TopicChange::default()
+                },
+            )
+            .unwrap();
         assert_eq!((t.retention_bytes, t.retention_ms), (Some(5), Some(7)));
-        let t = c.alter("t", None, Some(u64::MAX), Some(0), None).unwrap();
+        let t = c
+            .alter(
+                "t",
+                &TopicChange {
+                    retention_bytes: Some(u64::MAX),
+                    retention_ms: Some(0),
+                    ..TopicChange::default()
+                },
+            )
+            .unwrap();
         assert_eq!((t.retention_bytes, t.retention_ms), (None, None));
     }
 

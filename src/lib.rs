@@ -40,6 +40,8 @@ pub mod config;
 pub mod delay;
 pub mod failpoint;
 #[cfg(feature = "broker")]
+pub mod flow;
+#[cfg(feature = "broker")]
 pub mod group;
 pub mod protocol;
 pub mod record;

@@ -100,6 +100,7 @@ fn given_hostile_frames_when_sent_should_answer_typed_or_close_and_keep_serving(
                 retention_bytes: None,
                 retention_ms: None,
                 visibility: None,
+                ..Default::default()
             },
         },
     );

@@ -30,6 +30,7 @@ fn topic(client: &Client, name: &str, partitions: u32) {
                 retention_bytes: None,
                 retention_ms: None,
                 visibility: None,
+                ..Default::default()
             },
         )
         .expect("create topic");

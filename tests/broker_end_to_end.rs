@@ -66,6 +66,7 @@ fn given_a_million_messages_over_8_partitions_when_read_back_and_after_restart_s
                 retention_bytes: None,
                 retention_ms: None,
                 visibility: None,
+                ..Default::default()
             },
         )
         .unwrap();
@@ -165,6 +166,7 @@ fn fill_with_retention(
                 retention_bytes: Some(retention_bytes),
                 retention_ms: None,
                 visibility: None,
+                ..Default::default()
             },
         )
         .unwrap();
@@ -275,6 +277,7 @@ fn given_a_tokio_application_when_producing_should_await_acknowledgements() {
                 retention_bytes: None,
                 retention_ms: None,
                 visibility: None,
+                ..Default::default()
             },
         )
         .unwrap();
@@ -319,6 +322,7 @@ fn given_a_broker_restart_when_the_same_client_continues_should_reconnect_and_re
                 retention_bytes: None,
                 retention_ms: None,
                 visibility: None,
+                ..Default::default()
             },
         )
         .unwrap();

@@ -28,6 +28,7 @@ fn topic(client: &Client, name: &str, partitions: u32) {
                 retention_bytes: None,
                 retention_ms: None,
                 visibility: None,
+                ..Default::default()
             },
         )
         .expect("create topic");
@@ -468,7 +469,13 @@ fn given_bad_group_requests_should_answer_typed_errors() {
     let e = client.delete_topic("__consumer_offsets").unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::InvalidTopicName), "{e}");
     let e = client
-        .alter_topic("__consumer_offsets", Some(64), None, None, None)
+        .alter_topic(
+            "__consumer_offsets",
+            &levee::protocol::TopicChange {
+                partitions: Some(64),
+                ..Default::default()
+            },
+        )
         .unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::InvalidTopicName), "{e}");
     // The internal topic is hidden from listings, and cannot be created by a client.

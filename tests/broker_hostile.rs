@@ -349,6 +349,7 @@ fn given_hostile_clients_when_attacking_should_keep_serving_others_within_memory
                 retention_bytes: None,
                 retention_ms: None,
                 visibility: None,
+                ..Default::default()
             },
         },
     );
@@ -385,6 +386,7 @@ fn given_hostile_clients_when_attacking_should_keep_serving_others_within_memory
                         retention_bytes: None,
                         retention_ms: None,
                         visibility: None,
+                        ..Default::default()
                     },
                 },
             );

@@ -52,6 +52,7 @@ fn create(client: &Client) {
                 retention_bytes: None,
                 retention_ms: None,
                 visibility: None,
+                ..Default::default()
             },
         )
         .unwrap();

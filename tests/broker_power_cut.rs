@@ -128,6 +128,7 @@ fn given_durable_acks_when_power_is_cut_at_random_should_read_back_every_acked_r
                     retention_bytes: None,
                     retention_ms: None,
                     visibility: None,
+                    ..Default::default()
                 },
             )
             .unwrap();

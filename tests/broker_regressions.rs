@@ -119,6 +119,7 @@ fn given_a_nonzero_reserved_field_when_requesting_should_answer_invalid_request(
                 retention_bytes: None,
                 retention_ms: None,
                 visibility: None,
+                ..Default::default()
             },
         },
     )
@@ -307,6 +308,7 @@ fn given_retention_zero_or_max_anywhere_should_mean_unlimited_and_keep_the_data(
                 retention_bytes: Some(u64::MAX),
                 retention_ms: Some(0),
                 visibility: None,
+                ..Default::default()
             },
         },
     );
@@ -353,6 +355,7 @@ fn given_retention_zero_or_max_anywhere_should_mean_unlimited_and_keep_the_data(
             retention_bytes: Some(u64::MAX),
             retention_ms: None,
             visibility: None,
+            backlog: Default::default(),
         },
     );
     assert_eq!(h.error_code, ErrorCode::None);

@@ -21,6 +21,7 @@ fn create(client: &Client, name: &str, visibility: Option<Visibility>) {
                 retention_bytes: None,
                 retention_ms: None,
                 visibility,
+                ..Default::default()
             },
         )
         .unwrap();
@@ -111,7 +112,13 @@ fn given_fsync_always_when_a_topic_is_created_should_default_to_durable_visibili
         Some(Visibility::Durable)
     );
     client
-        .alter_topic("a", None, None, None, Some(Visibility::Written))
+        .alter_topic(
+            "a",
+            &levee::protocol::TopicChange {
+                visibility: Some(Visibility::Written),
+                ..Default::default()
+            },
+        )
         .unwrap();
     assert_eq!(
         client.describe_topic("a").unwrap().config.visibility,

@@ -170,6 +170,7 @@ fn given_members_killed_at_random_while_producing_every_acknowledged_message_sho
                 retention_bytes: None,
                 retention_ms: None,
                 visibility: None,
+                ..Default::default()
             },
         )
         .unwrap();

@@ -275,7 +275,7 @@ fn given_random_power_cuts_when_recovering_should_keep_every_acknowledged_record
             run.extend_from_slice(&buf);
             let a = log.append(&mut run).unwrap();
             if rng.gen_bool(0.2) {
-                log.enforce_retention().unwrap();
+                log.enforce_retention(None).unwrap();
             }
             if rng.gen_bool(0.3) {
                 log.flush().unwrap();

@@ -189,7 +189,7 @@ fn given_segment_age_limit_when_time_passes_should_roll_and_retire_by_age() {
     assert_eq!(log.segments().len(), 5, "one segment per second of age");
     now.store(4_000 + 10_001, Ordering::Relaxed);
     // Segments whose newest record is older than 10 s go; the active one always stays.
-    let removed = log.enforce_retention().unwrap();
+    let removed = log.enforce_retention(None).unwrap();
     assert_eq!(removed, vec![0, 1, 2, 3]);
     assert_eq!(log.earliest_offset(), 4);
     assert!(matches!(
@@ -210,7 +210,7 @@ fn given_retention_bytes_when_exceeded_should_delete_oldest_whole_segments() {
         log.append_message(&message(i, 1000)).unwrap();
     }
     let before = log.segments();
-    let removed = log.enforce_retention().unwrap();
+    let removed = log.enforce_retention(None).unwrap();
     assert!(!removed.is_empty());
     assert!(log.size_bytes() <= 150 << 10);
     assert_eq!(log.segments(), before[removed.len()..].to_vec());
@@ -228,6 +228,40 @@ fn given_retention_bytes_when_exceeded_should_delete_oldest_whole_segments() {
 }
 
 #[test]
+fn given_an_offset_to_keep_retention_should_stop_at_the_segment_holding_it() {
+    let config = LogConfig {
+        retention_bytes: Some(1),
+        ..small_config()
+    };
+    let (mut log, _) = Log::open(SimIo::new(), "/d/p", config).unwrap();
+    for i in 0..1000 {
+        log.append_message(&message(i, 1000)).unwrap();
+    }
+    let before = log.segments();
+    assert!(before.len() > 3);
+    // A consumer group has committed up to inside the third segment.
+    let keep = before[2].0 + 1;
+    let removed = log.enforce_retention(Some(keep)).unwrap();
+    assert_eq!(
+        removed,
+        vec![before[0].0, before[1].0],
+        "only wholly committed segments go"
+    );
+    assert_eq!(log.earliest_offset(), before[2].0);
+    // Early roll and explicit drop, as drop-oldest uses them.
+    let segments = log.segments().len();
+    log.roll_active().unwrap();
+    assert_eq!(log.segments().len(), segments + 1);
+    log.roll_active().unwrap();
+    assert_eq!(
+        log.segments().len(),
+        segments + 1,
+        "an empty active segment does not roll"
+    );
+    assert_eq!(log.drop_oldest().unwrap(), Some(before[2].0));
+}
+
+#[test]
 fn given_retention_when_a_reader_holds_a_slice_should_keep_the_slice_valid() {
     let config = LogConfig {
         retention_bytes: Some(1),
@@ -240,7 +274,7 @@ fn given_retention_when_a_reader_holds_a_slice_should_keep_the_slice_valid() {
     }
     let held = log.read(0, 1 << 20).unwrap();
     let copy = held.bytes().to_vec();
-    assert!(!log.enforce_retention().unwrap().is_empty());
+    assert!(!log.enforce_retention(None).unwrap().is_empty());
     assert_eq!(
         held.bytes(),
         &copy[..],
@@ -436,7 +470,7 @@ fn given_retention_when_segments_are_recycled_should_serve_and_recover_only_new_
             log.flush().unwrap();
             // Let the flusher finish the seal jobs that make a segment recyclable.
             std::thread::sleep(std::time::Duration::from_millis(2));
-            log.enforce_retention().unwrap();
+            log.enforce_retention(None).unwrap();
             recycled += io
                 .paths()
                 .iter()

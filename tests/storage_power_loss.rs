@@ -38,6 +38,7 @@ fn topic(partitions: u32) -> TopicConfig {
         retention_bytes: None,
         retention_ms: None,
         visibility: None,
+        ..TopicConfig::default()
     }
 }
 
@@ -125,7 +126,7 @@ fn work(io: &SimIo, pool: &FlushPool, rng: &mut rand::rngs::SmallRng, ledger: &m
             }
             1..=3 => {
                 let started = io.ops();
-                logs[t].enforce_retention().unwrap();
+                logs[t].enforce_retention(None).unwrap();
                 ledger
                     .retained
                     .push((started, metas[t].id, logs[t].earliest_offset()));

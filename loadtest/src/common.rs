@@ -77,6 +77,7 @@ pub fn setup_topic(
                     VisibilityArg::Written => levee::protocol::Visibility::Written,
                     VisibilityArg::Durable => levee::protocol::Visibility::Durable,
                 }),
+                ..Default::default()
             },
         )
         .with_context(|| format!("cannot create topic {topic}"))?;

@@ -1,7 +1,7 @@
 //! `levee topic create|list|describe|alter|delete`.
 
 use levee::client::Client;
-use levee::protocol::{TopicConfig, Visibility};
+use levee::protocol::{Backlog, BacklogPolicy, TopicChange, TopicConfig, Visibility};
 
 /// `written` | `durable`.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -17,6 +17,53 @@ impl From<VisibilityArg> for Visibility {
         match v {
             VisibilityArg::Written => Visibility::Written,
             VisibilityArg::Durable => Visibility::Durable,
+        }
+    }
+}
+
+/// `block` | `reject` | `drop-oldest`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum BacklogPolicyArg {
+    /// Producers wait for room (peak shaving).
+    Block,
+    /// Producers fail fast with QueueFull.
+    Reject,
+    /// The oldest messages are deleted to make room.
+    DropOldest,
+}
+
+impl From<BacklogPolicyArg> for BacklogPolicy {
+    fn from(v: BacklogPolicyArg) -> BacklogPolicy {
+        match v {
+            BacklogPolicyArg::Block => BacklogPolicy::Block,
+            BacklogPolicyArg::Reject => BacklogPolicy::Reject,
+            BacklogPolicyArg::DropOldest => BacklogPolicy::DropOldest,
+        }
+    }
+}
+
+/// A topic's backlog bound (docs/protocol.md §6.3).
+#[derive(Debug, clap::Args)]
+pub struct BacklogArgs {
+    /// Most messages per partition not yet committed by its slowest consumer group (0 =
+    /// unlimited).
+    #[arg(long)]
+    backlog_messages_max: Option<u64>,
+    /// Most bytes per partition not yet committed by its slowest consumer group (0 =
+    /// unlimited).
+    #[arg(long)]
+    backlog_bytes_max: Option<u64>,
+    /// What happens at the bound: block (producers wait) | reject (QueueFull) | drop-oldest.
+    #[arg(long, value_enum)]
+    backlog_policy: Option<BacklogPolicyArg>,
+}
+
+impl From<BacklogArgs> for Backlog {
+    fn from(a: BacklogArgs) -> Backlog {
+        Backlog {
+            messages_max: a.backlog_messages_max,
+            bytes_max: a.backlog_bytes_max,
+            policy: a.backlog_policy.map(BacklogPolicy::from),
         }
     }
 }
@@ -41,6 +88,8 @@ pub enum TopicCommand {
         /// `--fsync always`, else written).
         #[arg(long, value_enum)]
         visibility: Option<VisibilityArg>,
+        #[command(flatten)]
+        backlog: BacklogArgs,
     },
     /// List topics.
     List {
@@ -54,7 +103,7 @@ pub enum TopicCommand {
         /// Topic name.
         name: String,
     },
-    /// Change a topic's partition count (up only), retention or visibility.
+    /// Change a topic's partition count (up only), retention, visibility or backlog bound.
     Alter {
         /// Topic name.
         name: String,
@@ -70,6 +119,8 @@ pub enum TopicCommand {
         /// New read visibility: written | durable.
         #[arg(long, value_enum)]
         visibility: Option<VisibilityArg>,
+        #[command(flatten)]
+        backlog: BacklogArgs,
     },
     /// Delete a topic and its data.
     Delete {
@@ -90,6 +141,7 @@ pub fn run(client: &Client, command: TopicCommand) -> anyhow::Result<()> {
             retention_bytes,
             retention_ms,
             visibility,
+            backlog,
         } => {
             client.create_topic(
                 &name,
@@ -98,6 +150,7 @@ pub fn run(client: &Client, command: TopicCommand) -> anyhow::Result<()> {
                     retention_bytes,
                     retention_ms,
                     visibility: visibility.map(Visibility::from),
+                    backlog: backlog.into(),
                 },
             )?;
             println!("created topic {name} with {partitions} partition(s)");
@@ -114,12 +167,16 @@ pub fn run(client: &Client, command: TopicCommand) -> anyhow::Result<()> {
                 Some(Visibility::Written) => "written",
                 None => "written (the broker does not report it)",
             };
+            let policy = d.config.backlog.policy.map_or("block", BacklogPolicy::name);
             println!(
-                "topic {} partitions={} retention_bytes={} retention_ms={} visibility={visibility}",
+                "topic {} partitions={} retention_bytes={} retention_ms={} visibility={visibility} \
+                 backlog_messages_max={} backlog_bytes_max={} backlog_policy={policy}",
                 d.name,
                 d.config.partitions,
                 show(d.config.retention_bytes),
-                show(d.config.retention_ms)
+                show(d.config.retention_ms),
+                show(d.config.backlog.messages_max),
+                show(d.config.backlog.bytes_max)
             );
             println!("partition\tshard\tearliest\tnext\tdurable\tbytes");
             for p in d.partitions {
@@ -135,15 +192,17 @@ pub fn run(client: &Client, command: TopicCommand) -> anyhow::Result<()> {
             retention_bytes,
             retention_ms,
             visibility,
+            backlog,
         } => {
             // 0 means unlimited everywhere, on the CLI as on the wire.
-            client.alter_topic(
-                &name,
+            let change = TopicChange {
                 partitions,
                 retention_bytes,
                 retention_ms,
-                visibility.map(Visibility::from),
-            )?;
+                visibility: visibility.map(Visibility::from),
+                backlog: backlog.into(),
+            };
+            client.alter_topic(&name, &change)?;
             println!("altered topic {name}");
         }
         TopicCommand::Delete { name } => {

@@ -45,6 +45,18 @@ pub enum ClientError {
         /// Human-readable detail.
         message: String,
     },
+    /// The broker did not take a block for now (a full `block` backlog): send it
+    /// again after `throttle_ms`. Retriable; the producer does so itself, for up to
+    /// `max_block_ms`.
+    #[error("{topic}/{partition} is throttled: send again in {throttle_ms} ms")]
+    Throttled {
+        /// Topic name.
+        topic: String,
+        /// Partition number.
+        partition: u32,
+        /// How long to wait.
+        throttle_ms: u32,
+    },
     /// A fetch asked for an offset outside the partition's log.
     #[error(
         "offset {requested} is out of range for {topic}/{partition} (earliest {earliest}, latest {latest})"
@@ -133,7 +145,8 @@ impl ClientError {
         match self {
             ClientError::Connect { .. }
             | ClientError::Disconnected { .. }
-            | ClientError::Timeout { .. } => true,
+            | ClientError::Timeout { .. }
+            | ClientError::Throttled { .. } => true,
             ClientError::Broker { code, .. } => code.is_retriable(),
             _ => false,
         }
@@ -152,6 +165,7 @@ impl ClientError {
         match self {
             ClientError::Broker { code, .. } => Some(*code),
             ClientError::OffsetOutOfRange { .. } => Some(ErrorCode::OffsetOutOfRange),
+            ClientError::Throttled { .. } => Some(ErrorCode::Throttled),
             _ => None,
         }
     }

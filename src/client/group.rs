@@ -238,6 +238,11 @@ pub struct GroupConsumerConfig {
     /// dead-letter topic instead of retrying it. Every member of a group should use the same.
     /// Default 3.
     pub max_deliveries: u32,
+    /// Most records polls may return that no commit covers yet: at the bound a poll waits and
+    /// returns nothing until [`commit`](GroupConsumer::commit) (or auto-commit) catches up, so a
+    /// worker that stops committing stops taking work. The poll that reaches the bound may pass
+    /// it by what one fetch returns. Default 100 000.
+    pub max_uncommitted: u64,
 }
 
 impl GroupConsumerConfig {
@@ -257,6 +262,7 @@ impl GroupConsumerConfig {
             max_wait_ms: 500,
             fetch_max_bytes: 1 << 20,
             max_deliveries: 3,
+            max_uncommitted: 100_000,
         }
     }
 
@@ -272,6 +278,9 @@ impl GroupConsumerConfig {
         }
         if !(500..=300_000).contains(&self.session_timeout_ms) {
             return bad("session_timeout_ms", "must be 500..=300000");
+        }
+        if self.max_uncommitted == 0 {
+            return bad("max_uncommitted", "must be at least 1");
         }
         if self.heartbeat_interval_ms == 0
             || self.heartbeat_interval_ms > self.session_timeout_ms / 3
@@ -350,6 +359,8 @@ pub struct GroupConsumer {
     consumed: HashMap<(String, u32), u64>,
     /// Per partition, the last position committed by this member.
     committed: HashMap<(String, u32), u64>,
+    /// Per partition, records polls returned that no commit covers yet.
+    uncommitted: HashMap<(String, u32), u64>,
     last_auto_commit: Instant,
     closed: bool,
 }
@@ -385,6 +396,7 @@ impl GroupConsumer {
             positions: Vec::new(),
             consumed: HashMap::new(),
             committed: HashMap::new(),
+            uncommitted: HashMap::new(),
             last_auto_commit: Instant::now(),
             closed: false,
         };
@@ -439,6 +451,13 @@ impl GroupConsumer {
         if self.membership.rejoin.load(Ordering::Acquire) {
             self.rejoin()?;
         }
+        if self.uncommitted.values().sum::<u64>() >= self.config.max_uncommitted {
+            // Bounded work in hand: nothing more until a commit.
+            std::thread::sleep(
+                timeout.min(Duration::from_millis(u64::from(self.config.max_wait_ms))),
+            );
+            return Ok(Vec::new());
+        }
         let settings = FetchSettings {
             max_wait_ms: self.config.max_wait_ms,
             fetch_max_bytes: self.config.fetch_max_bytes,
@@ -454,8 +473,9 @@ impl GroupConsumer {
             copy_records,
         )?;
         for r in &records {
-            self.consumed
-                .insert((r.topic.clone(), r.partition), r.offset + 1);
+            let tp = (r.topic.clone(), r.partition);
+            *self.uncommitted.entry(tp.clone()).or_default() += 1;
+            self.consumed.insert(tp, r.offset + 1);
         }
         Ok(records)
     }
@@ -605,7 +625,12 @@ impl GroupConsumer {
         match self.client.commit_offsets(&request) {
             Ok(()) => {
                 for (t, p, o) in offsets {
-                    self.committed.insert((t.clone(), *p), *o);
+                    let tp = (t.clone(), *p);
+                    // What was returned past the committed position is still uncommitted.
+                    let beyond = self.consumed.get(&tp).map_or(0, |c| c.saturating_sub(*o));
+                    let left = self.uncommitted.get(&tp).map_or(0, |&u| u.min(beyond));
+                    self.uncommitted.insert(tp.clone(), left);
+                    self.committed.insert(tp, *o);
                 }
                 Ok(())
             }
@@ -629,6 +654,7 @@ impl GroupConsumer {
             // Everything read under the old membership is someone else's now.
             self.positions.clear();
             self.consumed.clear();
+            self.uncommitted.clear();
             self.committed.clear();
         } else if self.config.auto_commit_interval_ms.is_some() && !self.consumed.is_empty() {
             // The member still holds its partitions until it joins: commit before giving them up.

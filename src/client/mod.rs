@@ -49,7 +49,7 @@
 //! let client = Client::connect("127.0.0.1:7070", ClientConfig::default())?;
 //! client.create_topic(
 //!     "orders",
-//!     TopicConfig { partitions: 4, retention_bytes: None, retention_ms: None, visibility: None },
+//!     TopicConfig { partitions: 4, retention_bytes: None, retention_ms: None, visibility: None, ..Default::default() },
 //! )?;
 //!
 //! let producer = client.producer(ProducerConfig::default())?;
@@ -91,7 +91,7 @@ pub use producer::{
 
 use crate::protocol::{
     self, Acks, ApiKey, ErrorCode, FetchRequest, ListOffsetsBlock, OffsetSpec,
-    PartitionDescription, Request, Response, ShardAddr, TopicConfig, TopicMetadata, Visibility,
+    PartitionDescription, Request, Response, ShardAddr, TopicChange, TopicConfig, TopicMetadata,
 };
 use crate::record::{self, RecordError, RecordRef, Records};
 use oneshot::lock;
@@ -345,7 +345,7 @@ struct ClientInner {
 ///
 /// # fn main() -> Result<(), levee::client::ClientError> {
 /// let client = Client::connect("127.0.0.1:7070", ClientConfig::default())?;
-/// client.create_topic("events", TopicConfig { partitions: 8, retention_bytes: None, retention_ms: Some(86_400_000), visibility: None })?;
+/// client.create_topic("events", TopicConfig { partitions: 8, retention_bytes: None, retention_ms: Some(86_400_000), visibility: None, ..Default::default() })?;
 /// for t in client.list_topics()? {
 ///     println!("{} has {} partitions", t.name, t.partitions);
 /// }
@@ -497,22 +497,17 @@ impl Client {
         result.map(drop)
     }
 
-    /// Changes a topic: `None` leaves a setting as it is. Partitions may only grow; for retention,
-    /// 0 and `u64::MAX` mean unlimited; visibility needs a broker with AlterTopic version 2.
-    pub fn alter_topic(
-        &self,
-        name: &str,
-        partitions: Option<u32>,
-        retention_bytes: Option<u64>,
-        retention_ms: Option<u64>,
-        visibility: Option<Visibility>,
-    ) -> Result<(), ClientError> {
+    /// Changes a topic: `None` leaves a setting as it is. Partitions may only grow; for retention
+    /// and backlog bounds, 0 and `u64::MAX` mean unlimited; visibility needs a broker with
+    /// AlterTopic version 2, backlog settings version 3.
+    pub fn alter_topic(&self, name: &str, change: &TopicChange) -> Result<(), ClientError> {
         let request = Request::AlterTopic {
             name: name.to_string(),
-            partitions,
-            retention_bytes,
-            retention_ms,
-            visibility,
+            partitions: change.partitions,
+            retention_bytes: change.retention_bytes,
+            retention_ms: change.retention_ms,
+            visibility: change.visibility,
+            backlog: change.backlog,
         };
         let result = self.admin(&request, ApiKey::AlterTopic);
         self.forget_topic(name);
@@ -959,6 +954,13 @@ fn produce_outcome(
                 .into_iter()
                 .find(|r| r.topic == topic && r.partition == partition)
                 .ok_or_else(|| missing_block(ApiKey::Produce, topic, partition))?;
+            if r.error == ErrorCode::Throttled {
+                return Err(ClientError::Throttled {
+                    topic: topic.to_string(),
+                    partition,
+                    throttle_ms: r.throttle_ms,
+                });
+            }
             if r.error != ErrorCode::None {
                 return Err(block_error(r.error, topic, partition));
             }

@@ -953,37 +953,71 @@ fn complete(
         Err(e) if idempotent && e.code() == Some(ErrorCode::DuplicateSequence) => Ok(None),
         other => other,
     };
+    if let Err(ClientError::Throttled { throttle_ms, .. }) = &outcome {
+        // Flow control, not a failure: wait as told, without spending a retry, for as long as
+        // `max_block_ms` allows since the batch was started.
+        let wait = Duration::from_millis(u64::from(*throttle_ms).max(1));
+        let within =
+            batch.created.elapsed() + wait <= Duration::from_millis(shared.config.max_block_ms);
+        if slot == Slot::InFlight && within {
+            let mut batch = batch;
+            batch.attempt = batch.attempt.saturating_sub(1);
+            if let Some(batch) = resend_later(shared, batch, wait) {
+                complete_now(shared, batch, outcome, slot);
+            }
+            return;
+        }
+    }
     if let Err(e) = &outcome {
         // With idempotence a gap means an earlier batch of the partition is being resent:
         // this one follows it.
-        let resend =
-            e.is_retriable() || (idempotent && e.code() == Some(ErrorCode::OutOfOrderSequence));
+        let resend = (e.is_retriable() && !matches!(e, ClientError::Throttled { .. }))
+            || (idempotent && e.code() == Some(ErrorCode::OutOfOrderSequence));
         if slot == Slot::InFlight && resend && batch.attempt <= shared.config.retries {
             if e.is_disconnect() {
                 shared.client.mark_stale();
             }
-            let mut st = lock(&shared.state);
-            if !st.worker_gone {
-                tracing::debug!(topic = %batch.topic, partition = batch.partition, attempt = batch.attempt, error = %e, "retrying batch");
-                let backoff = retry_backoff(&shared.config, batch.attempt);
-                let mut batch = batch;
-                batch.not_before = Instant::now() + backoff;
-                let q = st
-                    .topics
-                    .entry(batch.topic.clone())
-                    .or_default()
-                    .partitions
-                    .entry(batch.partition)
-                    .or_default();
-                q.in_flight = q.in_flight.saturating_sub(1);
-                // Where it was, so a partition's batches still go out oldest first.
-                q.requeue(batch);
-                drop(st);
-                shared.work.notify_one();
-                return;
+            tracing::debug!(topic = %batch.topic, partition = batch.partition, attempt = batch.attempt, error = %e, "retrying batch");
+            let backoff = retry_backoff(&shared.config, batch.attempt);
+            if let Some(batch) = resend_later(shared, batch, backoff) {
+                complete_now(shared, batch, outcome, slot);
             }
+            return;
         }
     }
+    complete_now(shared, batch, outcome, slot);
+}
+
+/// Puts an in-flight batch back in its partition's queue, where it was, to be sent again after
+/// `wait`; gives it back when the sender thread is gone.
+fn resend_later(shared: &Shared, mut batch: Batch, wait: Duration) -> Option<Batch> {
+    let mut st = lock(&shared.state);
+    if st.worker_gone {
+        return Some(batch);
+    }
+    batch.not_before = Instant::now() + wait;
+    let q = st
+        .topics
+        .entry(batch.topic.clone())
+        .or_default()
+        .partitions
+        .entry(batch.partition)
+        .or_default();
+    q.in_flight = q.in_flight.saturating_sub(1);
+    // Where it was, so a partition's batches still go out oldest first.
+    q.requeue(batch);
+    drop(st);
+    shared.work.notify_one();
+    None
+}
+
+/// Resolves a batch's records with `outcome` and releases what it held.
+fn complete_now(
+    shared: &Shared,
+    batch: Batch,
+    outcome: Result<Option<ProduceOutcome>, ClientError>,
+    slot: Slot,
+) {
     let Batch {
         topic,
         partition,

@@ -252,8 +252,17 @@ fn produce_reply(cid: u32, topic: &str, partition: u32, error: ErrorCode, base: 
         error,
         base_offset: base,
         timestamp_ms: 1_700_000_000_000,
+        throttle_ms: 0,
     }];
-    encode_response(&mut out, ApiKey::Produce, cid, &Response::Produce(results)).unwrap();
+    // Versions 0 to 2 share this body, and the fake brokers advertise no more than 2.
+    crate::protocol::encode_response_at(
+        &mut out,
+        ApiKey::Produce,
+        2,
+        cid,
+        &Response::Produce(results),
+    )
+    .unwrap();
     out
 }
 
@@ -338,6 +347,7 @@ fn given_out_of_order_responses_when_pipelined_should_match_by_correlation_id() 
                     retention_bytes: None,
                     retention_ms: None,
                     visibility: None,
+                    ..Default::default()
                 },
                 partitions: vec![],
             };

@@ -76,6 +76,98 @@ impl Visibility {
     }
 }
 
+/// What a partition does when its backlog is full (docs/protocol.md §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum BacklogPolicy {
+    /// Producers wait: a Produce block is answered `Throttled` with a `throttle_ms` (version 3;
+    /// older versions get `Busy`), and the producer sends it again. Peak shaving.
+    Block = 1,
+    /// Producers fail fast with `QueueFull`.
+    Reject = 2,
+    /// The oldest messages are deleted to make room, committed or not.
+    DropOldest = 3,
+}
+
+impl BacklogPolicy {
+    fn decode(v: u8, position: usize) -> Result<Option<BacklogPolicy>, DecodeError> {
+        match v {
+            0 => Ok(None),
+            1 => Ok(Some(BacklogPolicy::Block)),
+            2 => Ok(Some(BacklogPolicy::Reject)),
+            3 => Ok(Some(BacklogPolicy::DropOldest)),
+            _ => Err(DecodeError::Invalid {
+                position,
+                what: "backlog policy is not 0, 1, 2 or 3",
+            }),
+        }
+    }
+
+    fn wire(v: Option<BacklogPolicy>) -> u8 {
+        v.map_or(0, |v| v as u8)
+    }
+
+    /// The name used by the CLI, the config file and docs.
+    pub fn name(self) -> &'static str {
+        match self {
+            BacklogPolicy::Block => "block",
+            BacklogPolicy::Reject => "reject",
+            BacklogPolicy::DropOldest => "drop-oldest",
+        }
+    }
+
+    /// The policy named `name` (see [`BacklogPolicy::name`]).
+    pub fn from_name(name: &str) -> Option<BacklogPolicy> {
+        [
+            BacklogPolicy::Block,
+            BacklogPolicy::Reject,
+            BacklogPolicy::DropOldest,
+        ]
+        .into_iter()
+        .find(|p| p.name() == name)
+    }
+}
+
+/// A topic's backlog bound: how many messages (or bytes) of a partition may wait for its slowest
+/// consumer group, and what happens beyond. Carried by CreateTopic and AlterTopic version 3 and
+/// DescribeTopic version 2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Backlog {
+    /// Most messages per partition not yet committed by every group (by the log start, for a
+    /// partition no group committed). CreateTopic: `None` is unlimited; AlterTopic: `None`
+    /// leaves it, `Some(0)` removes it; DescribeTopic: `None` is unlimited.
+    pub messages_max: Option<u64>,
+    /// Most bytes per partition, counted like `messages_max`.
+    pub bytes_max: Option<u64>,
+    /// What happens at the bound. CreateTopic: `None` is `Block`; AlterTopic: `None` leaves it;
+    /// DescribeTopic: always given.
+    pub policy: Option<BacklogPolicy>,
+}
+
+impl Backlog {
+    fn encode(&self, w: &mut Writer<'_>) {
+        w.opt_u64(self.messages_max);
+        w.opt_u64(self.bytes_max);
+        w.u8(BacklogPolicy::wire(self.policy));
+    }
+
+    fn decode(r: &mut Reader<'_>) -> Result<Backlog, DecodeError> {
+        let messages_max = r.opt_u64()?;
+        let bytes_max = r.opt_u64()?;
+        let at = r.position();
+        Ok(Backlog {
+            messages_max,
+            bytes_max,
+            policy: BacklogPolicy::decode(r.u8()?, at)?,
+        })
+    }
+
+    /// True when nothing is set.
+    pub fn is_unset(&self) -> bool {
+        *self == Backlog::default()
+    }
+}
+
 /// Where a ListOffsets lookup points.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OffsetSpec {
@@ -101,6 +193,36 @@ pub struct TopicConfig {
     /// Read visibility. In CreateTopic (v2), `None` takes the broker's default (`durable` under
     /// `--fsync always`, else `written`); in DescribeTopic (v1), always given.
     pub visibility: Option<Visibility>,
+    /// The backlog bound (CreateTopic v3, DescribeTopic v2).
+    pub backlog: Backlog,
+}
+
+impl Default for TopicConfig {
+    /// One partition, everything else the broker's defaults.
+    fn default() -> Self {
+        TopicConfig {
+            partitions: 1,
+            retention_bytes: None,
+            retention_ms: None,
+            visibility: None,
+            backlog: Backlog::default(),
+        }
+    }
+}
+
+/// What AlterTopic changes; `None` leaves a setting as it is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TopicChange {
+    /// New partition count (up only).
+    pub partitions: Option<u32>,
+    /// New retention by bytes (0: unlimited).
+    pub retention_bytes: Option<u64>,
+    /// New retention by age (0: unlimited).
+    pub retention_ms: Option<u64>,
+    /// New read visibility.
+    pub visibility: Option<Visibility>,
+    /// New backlog bounds (0: unlimited) and policy.
+    pub backlog: Backlog,
 }
 
 /// One partition's batch in a Produce request.
@@ -224,6 +346,8 @@ pub enum Request {
         retention_ms: Option<u64>,
         /// New read visibility (version 2).
         visibility: Option<Visibility>,
+        /// Backlog changes (version 3): `None` fields leave a setting as it is.
+        backlog: Backlog,
     },
     /// All topics.
     ListTopics {
@@ -377,6 +501,11 @@ pub fn decode_request_limited(
                 } else {
                     None
                 },
+                backlog: if header.api_version >= 3 {
+                    Backlog::decode(&mut r)?
+                } else {
+                    Backlog::default()
+                },
             },
         },
         ApiKey::DeleteTopic => Request::DeleteTopic { name: r.string()? },
@@ -393,6 +522,11 @@ pub fn decode_request_limited(
                     Visibility::decode(r.u8()?, at)?
                 } else {
                     None
+                },
+                backlog: if header.api_version >= 3 {
+                    Backlog::decode(&mut r)?
+                } else {
+                    Backlog::default()
                 },
             }
         }
@@ -586,6 +720,15 @@ pub fn encode_request_at(
                     })
                 }
             }
+            match (version, config.backlog.is_unset()) {
+                (3.., _) => config.backlog.encode(&mut w),
+                (_, true) => {}
+                (_, false) => {
+                    return Err(EncodeError::Unsupported {
+                        what: "a topic's backlog bound needs CreateTopic version 3",
+                    })
+                }
+            }
         }
         Request::DeleteTopic { name } | Request::DescribeTopic { name } => w.str(name),
         Request::AlterTopic {
@@ -594,6 +737,7 @@ pub fn encode_request_at(
             retention_bytes,
             retention_ms,
             visibility,
+            backlog,
         } => {
             w.str(name);
             w.opt_u64(partitions.map(u64::from));
@@ -605,6 +749,15 @@ pub fn encode_request_at(
                 (_, Some(_)) => {
                     return Err(EncodeError::Unsupported {
                         what: "changing a topic's visibility needs AlterTopic version 2",
+                    })
+                }
+            }
+            match (version, backlog.is_unset()) {
+                (3.., _) => backlog.encode(&mut w),
+                (_, true) => {}
+                (_, false) => {
+                    return Err(EncodeError::Unsupported {
+                        what: "changing a topic's backlog bound needs AlterTopic version 3",
                     })
                 }
             }
@@ -787,6 +940,9 @@ pub struct ProduceResult {
     pub base_offset: u64,
     /// Append time stamped on the batch.
     pub timestamp_ms: i64,
+    /// With `Throttled`: how long to wait before sending to this partition again. Version 3; 0
+    /// otherwise.
+    pub throttle_ms: u32,
 }
 
 /// One partition's records in a Fetch response.
@@ -952,6 +1108,9 @@ pub fn encode_response_at(
             if version >= 1 {
                 w.u8(Visibility::wire(config.visibility));
             }
+            if version >= 2 {
+                config.backlog.encode(&mut w);
+            }
             w.count(partitions.len());
             for p in partitions {
                 w.u32(p.partition);
@@ -970,6 +1129,9 @@ pub fn encode_response_at(
                 w.u16(r.error as u16);
                 w.u64(r.base_offset);
                 w.i64(r.timestamp_ms);
+                if version >= 3 {
+                    w.u32(r.throttle_ms);
+                }
             }
         }
         Response::Fetch(_) => {
@@ -1118,6 +1280,11 @@ pub fn decode_response_at(
                 } else {
                     None
                 },
+                backlog: if version >= 2 {
+                    Backlog::decode(&mut r)?
+                } else {
+                    Backlog::default()
+                },
             };
             let n = r.count(4 + 2 + 32)?;
             let mut partitions = Vec::with_capacity(n);
@@ -1147,6 +1314,7 @@ pub fn decode_response_at(
                     error: ErrorCode::from_u16(r.u16()?),
                     base_offset: r.u64()?,
                     timestamp_ms: r.i64()?,
+                    throttle_ms: if version >= 3 { r.u32()? } else { 0 },
                 });
             }
             Response::Produce(results)

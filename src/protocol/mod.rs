@@ -137,15 +137,15 @@ impl ApiKey {
     /// Version 2 of CreateTopic and AlterTopic, and version 1 of DescribeTopic, carry a topic's
     /// read visibility (docs/protocol.md §6.3, §6.5, §6.7); version 1 of ListTopics can include
     /// the internal topics (§6.6); version 2 of Produce may answer the idempotence codes
-    /// `OutOfOrderSequence` and `DuplicateSequence` (§6.8).
+    /// `OutOfOrderSequence` and `DuplicateSequence` (§6.8). Version 3 of CreateTopic and
+    /// AlterTopic, and version 2 of DescribeTopic, carry a topic's backlog bound; version 3 of
+    /// Produce answers each block with a `throttle_ms` and may answer `QueueFull` and
+    /// `Throttled` (§6.8).
     pub fn versions(self) -> (u16, u16) {
         match self {
-            ApiKey::CreateTopic | ApiKey::AlterTopic | ApiKey::Produce => (0, 2),
-            ApiKey::Metadata
-            | ApiKey::Fetch
-            | ApiKey::ListOffsets
-            | ApiKey::DescribeTopic
-            | ApiKey::ListTopics => (0, 1),
+            ApiKey::CreateTopic | ApiKey::AlterTopic | ApiKey::Produce => (0, 3),
+            ApiKey::DescribeTopic => (0, 2),
+            ApiKey::Metadata | ApiKey::Fetch | ApiKey::ListOffsets | ApiKey::ListTopics => (0, 1),
             ApiKey::ApiVersions
             | ApiKey::DeleteTopic
             | ApiKey::JoinGroup
@@ -237,6 +237,12 @@ pub enum ErrorCode {
     /// batches for): it was stored, but its offsets are no longer known. Sent from Produce
     /// version 2.
     DuplicateSequence = 26,
+    /// The partition's backlog is full and its topic's policy is `reject`: nothing was stored.
+    /// Sent from Produce version 3 (older versions get `LimitExceeded`).
+    QueueFull = 27,
+    /// The partition's backlog is full and its topic's policy is `block`: nothing was stored; send again after the block's `throttle_ms`. Retriable. Sent from
+    /// Produce version 3 (older versions get `Busy`).
+    Throttled = 28,
 }
 
 impl ErrorCode {
@@ -271,6 +277,8 @@ impl ErrorCode {
             UnknownGroup,
             OutOfOrderSequence,
             DuplicateSequence,
+            QueueFull,
+            Throttled,
         ]
         .get(v as usize)
         .copied()
@@ -295,6 +303,10 @@ impl ErrorCode {
             }
             ErrorCode::OutOfOrderSequence | ErrorCode::DuplicateSequence => match api {
                 ApiKey::Produce => 2,
+                _ => u16::MAX,
+            },
+            ErrorCode::QueueFull | ErrorCode::Throttled => match api {
+                ApiKey::Produce => 3,
                 _ => u16::MAX,
             },
             ErrorCode::LimitExceeded => match api {
@@ -328,6 +340,10 @@ impl ErrorCode {
             (ErrorCode::OutOfOrderSequence | ErrorCode::DuplicateSequence, _) => {
                 ErrorCode::InvalidRequest
             }
+            // A full `reject` backlog breaks a limit; a full `block` backlog is the broker not
+            // taking more right now, which `Busy` (retriable) has always said.
+            (ErrorCode::QueueFull, _) => ErrorCode::LimitExceeded.for_version(api, version),
+            (ErrorCode::Throttled, _) => ErrorCode::Busy,
             (
                 ErrorCode::UnknownMember
                 | ErrorCode::IllegalGeneration
@@ -349,6 +365,7 @@ impl ErrorCode {
                 | ErrorCode::ShuttingDown
                 | ErrorCode::Busy
                 | ErrorCode::RebalanceInProgress
+                | ErrorCode::Throttled
         )
     }
 }

@@ -38,6 +38,7 @@ fn request() -> impl Strategy<Value = Request> {
                     retention_bytes: rb,
                     retention_ms: rm,
                     visibility: v,
+                    ..Default::default()
                 },
             }
         }),
@@ -57,6 +58,7 @@ fn request() -> impl Strategy<Value = Request> {
                         retention_bytes,
                         retention_ms,
                         visibility,
+                        backlog: Backlog::default(),
                     }
                 }
             ),
@@ -256,7 +258,7 @@ fn given_topic_names_when_validated_should_follow_the_contract() {
 
 #[test]
 fn error_codes_roundtrip_their_wire_values() {
-    for v in 0..20u16 {
+    for v in 0..=ErrorCode::Throttled as u16 {
         assert_eq!(ErrorCode::from_u16(v) as u16, v);
     }
     assert_eq!(ErrorCode::from_u16(999), ErrorCode::Internal);
@@ -265,6 +267,13 @@ fn error_codes_roundtrip_their_wire_values() {
 #[test]
 fn given_new_error_codes_when_sent_to_an_older_version_should_fall_back_to_known_ones() {
     use ErrorCode::*;
+    // Flow-control codes never reach a client older than Produce version 3.
+    assert_eq!(Throttled.for_version(ApiKey::Produce, 3), Throttled);
+    assert_eq!(Throttled.for_version(ApiKey::Produce, 2), Busy);
+    assert_eq!(QueueFull.for_version(ApiKey::Produce, 3), QueueFull);
+    assert_eq!(QueueFull.for_version(ApiKey::Produce, 1), LimitExceeded);
+    assert_eq!(QueueFull.for_version(ApiKey::Produce, 0), InvalidRequest);
+    assert!(Throttled.is_retriable() && !QueueFull.is_retriable());
     assert_eq!(LimitExceeded.for_version(ApiKey::Fetch, 1), LimitExceeded);
     assert_eq!(LimitExceeded.for_version(ApiKey::Fetch, 0), InvalidRequest);
     assert_eq!(
@@ -377,6 +386,7 @@ fn given_a_visibility_when_encoded_at_an_older_version_should_refuse_and_the_bro
             retention_bytes: None,
             retention_ms: None,
             visibility,
+            ..Default::default()
         },
     };
     let mut out = Vec::new();
@@ -404,6 +414,7 @@ fn given_a_describe_response_when_encoded_per_version_should_carry_visibility_fr
             retention_bytes: None,
             retention_ms: Some(5),
             visibility: Some(Visibility::Durable),
+            ..Default::default()
         },
         partitions: vec![],
     };

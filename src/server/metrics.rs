@@ -84,7 +84,7 @@ type Counter = (&'static str, &'static str, fn(&crate::shard::Stats) -> u64);
 
 fn render(shared: &Shared) -> String {
     let mut out = String::new();
-    let counters: [Counter; 8] = [
+    let counters: [Counter; 11] = [
         ("levee_records_in_total", "Records appended.", |s| {
             s.records_in.load(Ordering::Relaxed)
         }),
@@ -116,6 +116,21 @@ fn render(shared: &Shared) -> String {
             "levee_partitions_open",
             "Partitions whose log is open.",
             |s| s.partitions_open.load(Ordering::Relaxed) as u64,
+        ),
+        (
+            "levee_backlog_throttled_total",
+            "Produce blocks answered Throttled because their partition's backlog was full (policy block).",
+            |s| s.backlog_throttled.load(Ordering::Relaxed),
+        ),
+        (
+            "levee_backlog_rejected_total",
+            "Produce blocks answered QueueFull because their partition's backlog was full (policy reject).",
+            |s| s.backlog_rejected.load(Ordering::Relaxed),
+        ),
+        (
+            "levee_backlog_dropped_segments_total",
+            "Segments deleted to keep a backlog within its bound (policy drop-oldest).",
+            |s| s.backlog_dropped_segments.load(Ordering::Relaxed),
         ),
     ];
     for (name, help, get) in counters {

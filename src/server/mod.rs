@@ -118,6 +118,8 @@ pub(crate) struct Shared {
     pub catalog: Arc<Catalog>,
     pub budget: Arc<MemoryBudget>,
     pub stats: Vec<Arc<Stats>>,
+    /// Flow-control state all shards share.
+    pub flow: Arc<crate::flow::Flow>,
     pub shard_addrs: OnceLock<Vec<SocketAddr>>,
     pub shutdown: Shutdown,
     /// Failpoint `shard-panic` (see [`crate::failpoint`]): a shard's main task panics.
@@ -226,6 +228,7 @@ impl Broker {
                 retention_bytes: Some(offsets_retention),
                 retention_ms: None,
                 visibility: Some(crate::protocol::Visibility::Written),
+                ..Default::default()
             },
         )?;
         // Delayed records wait in their own internal topic; the scheduler deletes what no pending
@@ -237,6 +240,7 @@ impl Broker {
                 retention_bytes: None,
                 retention_ms: None,
                 visibility: Some(crate::protocol::Visibility::Written),
+                ..Default::default()
             },
         )?;
         let pool =
@@ -257,6 +261,7 @@ impl Broker {
             catalog,
             budget: MemoryBudget::new(config.memory_bytes_max),
             stats: (0..n).map(|_| Arc::new(Stats::default())).collect(),
+            flow: Arc::default(),
             shard_addrs: OnceLock::new(),
             shutdown: Shutdown {
                 flag: AtomicBool::new(false),
@@ -284,15 +289,13 @@ impl Broker {
                 pool.clone(),
             );
             let started = runtime::start_executor(spec, move || async move {
-                let shard = Rc::new(Shard::new(
-                    id,
-                    on_shard.config.clone(),
-                    on_shard.catalog.clone(),
-                    peers,
-                    on_shard.stats[id as usize].clone(),
-                    io,
-                    pool,
-                ));
+                let deps = crate::shard::ShardDeps {
+                    config: on_shard.config.clone(),
+                    catalog: on_shard.catalog.clone(),
+                    stats: on_shard.stats[id as usize].clone(),
+                    flow: on_shard.flow.clone(),
+                };
+                let shard = Rc::new(Shard::new(id, deps, peers, io, pool));
                 run_shard(shard, on_shard, inbox, ready).await;
             });
             match started {
@@ -427,6 +430,8 @@ async fn run_shard<I: Io>(
             }
         })
     };
+    // Commit floors (flow control) are known before the first produce.
+    shard.load_coordinators();
     let Some((report, mut tasks)) = listen(&shard, &shared, &ready) else {
         // Reported through `ready`; the broker stops the others.
         std::mem::forget(guard);

@@ -107,6 +107,13 @@ impl<I: Io> Shard<I> {
                 offset = slice.next_offset;
             }
         }
+        for g in slot.state.groups() {
+            for ((topic, partition), c) in &g.offsets {
+                self.flow
+                    .floors
+                    .committed(&g.name, topic, *partition, c.offset);
+            }
+        }
         let slot = Rc::new(RefCell::new(slot));
         self.coordinators.borrow_mut().insert(p, slot.clone());
         let shard = self.clone();
@@ -245,6 +252,7 @@ impl<I: Io> Shard<I> {
         let mut run = Vec::new();
         store::encode_commit(group, &committed, &mut run).map_err(|e| invalid(e.to_string()))?;
         self.append_internal(p, run, timeout_ms).await?;
+        self.publish_floors(group, &committed);
         slot.borrow_mut().state.apply_commit(group, committed);
         Ok(())
     }
@@ -273,6 +281,7 @@ impl<I: Io> Shard<I> {
         let mut run = Vec::new();
         store::encode_commit(group, &committed, &mut run).map_err(|e| invalid(e.to_string()))?;
         self.append_internal(p, run, 30_000).await?;
+        self.publish_floors(group, &committed);
         slot.borrow_mut().state.apply_commit(group, committed);
         Ok(())
     }
@@ -295,7 +304,30 @@ impl<I: Io> Shard<I> {
         store::encode_delete(group, &mut run).map_err(|e| invalid(e.to_string()))?;
         self.append_internal(p, run, 30_000).await?;
         slot.borrow_mut().state.apply_delete(group);
+        self.flow.floors.group_deleted(group);
         Ok(())
+    }
+
+    /// Durable commits become the partitions' commit floors (flow control reads them).
+    fn publish_floors(&self, group: &str, committed: &[(TopicPartition, Committed)]) {
+        for ((topic, partition), c) in committed {
+            self.flow
+                .floors
+                .committed(group, topic, *partition, c.offset);
+        }
+    }
+
+    /// Loads every coordinator this shard owns, so that the commit floors of all groups are
+    /// known before the first produce after a start.
+    pub fn load_coordinators(self: &Rc<Self>) {
+        let Some(n) = offsets_partitions(&self.topics()) else {
+            return;
+        };
+        for p in (0..n).filter(|&p| self.owner(OFFSETS_TOPIC, p) == self.id) {
+            if let Err(e) = self.coordinator(p) {
+                tracing::error!(partition = p, error = %e, "cannot load group coordinator");
+            }
+        }
     }
 
     /// Appends records to offsets partition `p`, durably; snapshots the coordinator when due.

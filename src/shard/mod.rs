@@ -78,6 +78,33 @@ pub enum ShardError {
         /// Which.
         reason: String,
     },
+    /// The partition's backlog is at its topic's bound and the policy is `block`: nothing was
+    /// stored; the producer waits `throttle_ms` and sends again.
+    #[error("{topic}/{partition}: backlog full ({messages} messages, {bytes} bytes not committed by every group); wait and send again")]
+    BacklogFull {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: u32,
+        /// Messages held for the slowest group.
+        messages: u64,
+        /// Bytes held for the slowest group.
+        bytes: u64,
+        /// How long to wait.
+        throttle_ms: u32,
+    },
+    /// The partition's backlog is at its topic's bound and the policy is `reject`.
+    #[error("{topic}/{partition}: queue full ({messages} messages, {bytes} bytes not committed by every group)")]
+    QueueFull {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: u32,
+        /// Messages held for the slowest group.
+        messages: u64,
+        /// Bytes held for the slowest group.
+        bytes: u64,
+    },
     /// An idempotent batch does not start where its producer's last stored batch ended.
     #[error("producer {producer_id} skipped sequences: expected {expected}, got {got}")]
     OutOfOrderSequence {
@@ -177,6 +204,24 @@ pub struct Stats {
     pub partitions_open: std::sync::atomic::AtomicUsize,
     /// Operations or requests that panicked and were answered `Internal`.
     pub panics: std::sync::atomic::AtomicU64,
+    /// Produce blocks refused `Throttled` by a full `block` backlog.
+    pub backlog_throttled: std::sync::atomic::AtomicU64,
+    /// Produce blocks refused `QueueFull` by a full `reject` backlog.
+    pub backlog_rejected: std::sync::atomic::AtomicU64,
+    /// Segments deleted by `drop-oldest` backlogs.
+    pub backlog_dropped_segments: std::sync::atomic::AtomicU64,
+}
+
+/// What a shard shares with the broker: configuration, catalog, its counters, flow control.
+pub struct ShardDeps {
+    /// The broker's configuration.
+    pub config: Arc<BrokerConfig>,
+    /// The topic catalog.
+    pub catalog: Arc<Catalog>,
+    /// This shard's counters.
+    pub stats: Arc<Stats>,
+    /// Flow-control state shared by all shards.
+    pub flow: Arc<crate::flow::Flow>,
 }
 
 /// One partition owned by this shard.
@@ -214,6 +259,8 @@ pub struct Shard<I: Io> {
     pub catalog: Arc<Catalog>,
     /// This shard's counters.
     pub stats: Arc<Stats>,
+    /// Flow-control state shared by all shards (commit floors).
+    pub flow: Arc<crate::flow::Flow>,
     peers: Arc<Vec<flume::Sender<Job<I>>>>,
     io: I,
     pool: Arc<FlushPool>,
@@ -231,13 +278,17 @@ impl<I: Io> Shard<I> {
     /// A shard with no partition open yet.
     pub fn new(
         id: ShardId,
-        config: Arc<BrokerConfig>,
-        catalog: Arc<Catalog>,
+        deps: ShardDeps,
         peers: Arc<Vec<flume::Sender<Job<I>>>>,
-        stats: Arc<Stats>,
         io: I,
         pool: Arc<FlushPool>,
     ) -> Shard<I> {
+        let ShardDeps {
+            config,
+            catalog,
+            stats,
+            flow,
+        } = deps;
         Shard {
             id,
             shards: config.shards,
@@ -245,6 +296,7 @@ impl<I: Io> Shard<I> {
             config,
             catalog,
             stats,
+            flow,
             peers,
             io,
             pool,
@@ -399,9 +451,10 @@ impl<I: Io> Shard<I> {
                 let Some(part) = part else { continue };
                 match topics.get(topic) {
                     Some(meta) if meta.id == part.meta.id && (p as u32) < meta.partitions => {
+                        let keep = self.retention_keep(meta, topic, p as u32);
                         let mut log = part.log.borrow_mut();
                         log.set_retention(meta.retention_bytes, meta.retention_ms);
-                        if let Err(e) = log.enforce_retention() {
+                        if let Err(e) = log.enforce_retention(keep) {
                             tracing::warn!(topic = %topic, partition = p, error = %e, "retention failed");
                         }
                     }

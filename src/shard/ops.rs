@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use event_listener::EventListener;
 
 use super::{idempotence, Shard, ShardError};
+use crate::catalog::TopicMeta;
 use crate::config::FsyncPolicy;
+use crate::flow;
 use crate::protocol::Visibility;
 use crate::runtime;
 use crate::storage::{Appended, DurableWait, Io, Slice, StorageError};
@@ -113,7 +115,11 @@ impl<I: Io> Shard<I> {
                 // one, and the retired file (its pages still resident) becomes the segment after
                 // next. Between ticks, every roll would otherwise take fresh pages, which cost a
                 // page fault each (about 2 µs a page on a VM: see tuning.md).
-                if let Err(e) = log.enforce_retention() {
+                let keep = self
+                    .topics()
+                    .get(topic)
+                    .and_then(|meta| self.retention_keep(meta, topic, partition));
+                if let Err(e) = log.enforce_retention(keep) {
                     tracing::warn!(topic, partition, error = %e, "retention failed");
                 }
             }
@@ -143,11 +149,143 @@ impl<I: Io> Shard<I> {
                 topic: topic.to_string(),
             });
         }
+        // The backlog is checked only for a batch that will be stored: a resend of a stored batch
+        // is answered with its offsets even when the partition is full.
+        let mut drop_after = false;
+        let appending = self.append_idempotent(topic, partition, run, acks, &mut || {
+            drop_after = self.check_backlog(topic, partition)?;
+            Ok(())
+        })?;
+        if drop_after {
+            self.drop_oldest(topic, partition);
+        }
+        Ok(appending)
+    }
+
+    /// Where retention of `topic`/`partition` must stop, for a bounded topic under `block` or
+    /// `reject` (see [`flow::retention_keeps_uncommitted`]): the slowest group's committed
+    /// offset, or the log start while no group committed (the bound, not retention, then limits
+    /// what the partition holds).
+    pub(crate) fn retention_keep(
+        &self,
+        meta: &TopicMeta,
+        topic: &str,
+        partition: u32,
+    ) -> Option<u64> {
+        flow::retention_keeps_uncommitted(meta)
+            .then(|| self.flow.floors.floor(topic, partition).unwrap_or(0))
+    }
+
+    /// The backlog check of a produce to `topic`/`partition`: `Ok(true)` when the append must be
+    /// followed by dropping the oldest segments (`drop-oldest`).
+    fn check_backlog(&self, topic: &str, partition: u32) -> Result<bool, ShardError> {
+        let Some(meta) = self.topics().get(topic).cloned() else {
+            return Ok(false);
+        };
+        if !meta.has_backlog_bound() {
+            return Ok(false);
+        }
+        let part = self.partition(topic, partition)?;
+        let b = self.backlog_of(&part, topic, partition);
+        match flow::verdict(&meta, &b) {
+            flow::Verdict::Room => Ok(false),
+            flow::Verdict::AppendAndDrop => Ok(true),
+            flow::Verdict::Throttle => {
+                self.stats.backlog_throttled.fetch_add(1, Relaxed);
+                Err(ShardError::BacklogFull {
+                    topic: topic.to_string(),
+                    partition,
+                    messages: b.messages,
+                    bytes: b.bytes,
+                    throttle_ms: flow::BACKLOG_THROTTLE_MS,
+                })
+            }
+            flow::Verdict::Reject => {
+                self.stats.backlog_rejected.fetch_add(1, Relaxed);
+                Err(ShardError::QueueFull {
+                    topic: topic.to_string(),
+                    partition,
+                    messages: b.messages,
+                    bytes: b.bytes,
+                })
+            }
+        }
+    }
+
+    /// What a local partition holds for its slowest group.
+    fn backlog_of(&self, part: &super::Partition<I>, topic: &str, partition: u32) -> flow::Backlog {
+        let floor = self.flow.floors.floor(topic, partition);
+        let log = part.log.borrow();
+        flow::backlog(
+            floor,
+            log.earliest_offset(),
+            log.next_offset(),
+            &log.segments(),
+        )
+    }
+
+    /// `drop-oldest`: rolls the active segment once it holds a quarter of the bound, and deletes
+    /// the oldest segments while the backlog is over the bound.
+    fn drop_oldest(&self, topic: &str, partition: u32) {
+        let (Some(meta), Ok(part)) = (
+            self.topics().get(topic).cloned(),
+            self.partition(topic, partition),
+        ) else {
+            return;
+        };
+        let (messages_granule, bytes_granule) = flow::drop_granule(&meta);
+        let mut log = part.log.borrow_mut();
+        if let Some(&(base, next, len)) = log.segments().last() {
+            let over = messages_granule.is_some_and(|g| next - base >= g)
+                || bytes_granule.is_some_and(|g| len as u64 >= g);
+            if over {
+                if let Err(e) = log.roll_active() {
+                    tracing::warn!(topic, partition, error = %e, "cannot roll for drop-oldest");
+                }
+            }
+        }
+        loop {
+            let floor = self.flow.floors.floor(topic, partition);
+            let b = flow::backlog(
+                floor,
+                log.earliest_offset(),
+                log.next_offset(),
+                &log.segments(),
+            );
+            if !flow::is_full(&meta, &b) {
+                break;
+            }
+            match log.drop_oldest() {
+                Ok(Some(base)) => {
+                    self.stats.backlog_dropped_segments.fetch_add(1, Relaxed);
+                    tracing::debug!(topic, partition, base, "drop-oldest deleted a segment");
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(topic, partition, error = %e, "drop-oldest failed");
+                    break;
+                }
+            }
+        }
+    }
+
+    /// An append checked against the producer's last batches when its records come from an
+    /// idempotent producer (see [`idempotence`]). `admit` runs just before a batch is stored,
+    /// and refuses it by returning an error.
+    fn append_idempotent(
+        &self,
+        topic: &str,
+        partition: u32,
+        run: &mut [u8],
+        acks: AckLevel,
+        admit: &mut dyn FnMut() -> Result<(), ShardError>,
+    ) -> Result<Appending, ShardError> {
         let batch = match idempotence::batch_id(run, self.config.record_bytes_max) {
             Ok(Some(b)) => b,
             // Not idempotent; or an invalid record, which the append reports.
             Ok(None) | Err(idempotence::BatchError::Record(_)) => {
-                return self.append(topic, partition, run, acks)
+                admit()?;
+                return self.append(topic, partition, run, acks);
             }
             Err(e @ idempotence::BatchError::NotOneBatch(_)) => {
                 return Err(ShardError::Invalid {
@@ -167,6 +305,7 @@ impl<I: Io> Shard<I> {
             .map_or(idempotence::Decision::Append, |t| t.check(&batch));
         match decision {
             idempotence::Decision::Append => {
+                admit()?;
                 let a = self.append(topic, partition, run, acks)?;
                 if let Some(t) = part.producers.borrow_mut().as_mut() {
                     t.stored(&batch, a.appended.base_offset, a.appended.timestamp_ms);

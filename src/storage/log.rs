@@ -714,12 +714,18 @@ impl<I: Io> Log<I> {
 
     /// Deletes sealed segments beyond the retention limits (bytes, then age). The active segment is
     /// never deleted. Returns the base offsets of the deleted segments.
-    pub fn enforce_retention(&mut self) -> Result<Vec<u64>, StorageError> {
+    ///
+    /// With `keep_from`, a segment holding any record at or above that offset is kept whatever
+    /// its size or age (flow control: what a consumer group has not committed yet).
+    pub fn enforce_retention(&mut self, keep_from: Option<u64>) -> Result<Vec<u64>, StorageError> {
         let now = (self.clock)();
         let mut removed = Vec::new();
         while self.segments.len() > 1 {
             let total = self.size_bytes();
             let oldest = &self.segments[0];
+            if keep_from.is_some_and(|k| oldest.next_offset > k) {
+                break;
+            }
             let over_bytes = self.config.retention_bytes.is_some_and(|max| total > max);
             let over_age = self.config.retention_ms.is_some_and(|ms| {
                 oldest.max_timestamp_ms < now.saturating_sub(ms.min(i64::MAX as u64) as i64)
@@ -741,6 +747,25 @@ impl<I: Io> Log<I> {
             removed.push(self.delete_oldest()?);
         }
         Ok(removed)
+    }
+
+    /// Seals the active segment and starts a new one, unless the active segment is empty. Flow
+    /// control rolls early so that dropping the oldest segment frees a bounded share of a
+    /// backlog.
+    pub fn roll_active(&mut self) -> Result<(), StorageError> {
+        self.check_writable()?;
+        if self.active().is_empty() {
+            return Ok(());
+        }
+        self.roll()
+    }
+
+    /// Deletes the oldest segment when a newer one exists; returns its base offset.
+    pub fn drop_oldest(&mut self) -> Result<Option<u64>, StorageError> {
+        if self.segments.len() < 2 {
+            return Ok(None);
+        }
+        self.delete_oldest().map(Some)
     }
 
     /// Deletes the oldest segment (there is a newer one) and its index; returns its base offset.

@@ -250,6 +250,7 @@ pub fn create(raw: &mut Raw, name: &str, partitions: u32) {
                 retention_bytes: None,
                 retention_ms: None,
                 visibility: None,
+                ..Default::default()
             },
         },
     );

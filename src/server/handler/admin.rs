@@ -8,7 +8,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use super::{by_owner, catalog_code, shard_code, Req};
-use crate::catalog::{CatalogError, TopicMeta, INTERNAL_PREFIX};
+use crate::catalog::{CatalogError, TopicChange, TopicMeta, INTERNAL_PREFIX};
 use crate::protocol::{
     ApiKey, ErrorCode, PartitionDescription, Response, ShardAddr, TopicConfig, TopicMetadata,
     Visibility,
@@ -136,8 +136,15 @@ pub(super) async fn delete_topic<M: SegmentMap>(
     if name.starts_with(INTERNAL_PREFIX) {
         return internal_refused(req, &name);
     }
-    let catalog = shared.catalog.clone();
-    catalog_change(req, move || catalog.delete(&name)).await
+    let (catalog, flow) = (shared.catalog.clone(), shared.flow.clone());
+    catalog_change(req, move || {
+        let deleted = catalog.delete(&name);
+        if deleted.is_ok() {
+            flow.floors.topic_deleted(&name);
+        }
+        deleted
+    })
+    .await
 }
 
 /// Internal topics are the broker's: clients read them, never change them.
@@ -146,14 +153,6 @@ pub(super) fn internal_refused<M: SegmentMap>(req: Req, name: &str) -> Outgoing<
         ErrorCode::InvalidTopicName,
         &format!("'{name}' is an internal topic: only the broker changes it"),
     )
-}
-
-/// The settings an AlterTopic changes (`None`: unchanged).
-pub(super) struct TopicChange {
-    pub partitions: Option<u32>,
-    pub retention_bytes: Option<u64>,
-    pub retention_ms: Option<u64>,
-    pub visibility: Option<Visibility>,
 }
 
 pub(super) async fn alter_topic<M: SegmentMap>(
@@ -166,16 +165,7 @@ pub(super) async fn alter_topic<M: SegmentMap>(
         return internal_refused(req, &name);
     }
     let catalog = shared.catalog.clone();
-    catalog_change(req, move || {
-        catalog.alter(
-            &name,
-            c.partitions,
-            c.retention_bytes,
-            c.retention_ms,
-            c.visibility,
-        )
-    })
-    .await
+    catalog_change(req, move || catalog.alter(&name, &c)).await
 }
 
 pub(super) fn list_topics<I: Io>(

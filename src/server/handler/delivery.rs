@@ -159,6 +159,7 @@ async fn ensure_group_topic(
                 retention_bytes,
                 retention_ms: None,
                 visibility: Some(Visibility::Written),
+                ..Default::default()
             },
         )
     })

@@ -121,12 +121,14 @@ pub(crate) async fn handle<I: Io>(
             retention_bytes,
             retention_ms,
             visibility,
+            backlog,
         } => {
-            let change = admin::TopicChange {
+            let change = crate::catalog::TopicChange {
                 partitions,
                 retention_bytes,
                 retention_ms,
                 visibility,
+                backlog,
             };
             Some(admin::alter_topic(req, shared, name, change).await)
         }
@@ -170,6 +172,8 @@ pub(crate) fn shard_code(e: &ShardError) -> ErrorCode {
         ShardError::OutOfOrderSequence { .. } => ErrorCode::OutOfOrderSequence,
         ShardError::DuplicateSequence { .. } => ErrorCode::DuplicateSequence,
         ShardError::Limit { .. } => ErrorCode::LimitExceeded,
+        ShardError::BacklogFull { .. } => ErrorCode::Throttled,
+        ShardError::QueueFull { .. } => ErrorCode::QueueFull,
         ShardError::UnknownPartition { .. } => ErrorCode::UnknownPartition,
         ShardError::Storage { source, .. } => storage_code(source),
         ShardError::Flush(_) => ErrorCode::StorageFailed,

@@ -131,6 +131,7 @@ pub(super) async fn produce<I: Io>(
                 error: ErrorCode::None,
                 base_offset: 0,
                 timestamp_ms: 0,
+                throttle_ms: 0,
             };
             match outcome {
                 Some(Ok(a)) => {
@@ -140,6 +141,9 @@ pub(super) async fn produce<I: Io>(
                 Some(Err(e)) => {
                     tracing::debug!(topic = %b.topic, partition = b.partition, error = %e, "produce block failed");
                     r.error = req.code(shard_code(&e));
+                    if let ShardError::BacklogFull { throttle_ms, .. } = e {
+                        r.throttle_ms = throttle_ms;
+                    }
                 }
                 None => r.error = ErrorCode::Internal,
             }
