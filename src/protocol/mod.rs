@@ -122,6 +122,35 @@ impl ApiKey {
         ApiKey::InitProducer,
     ];
 
+    /// The api's name as docs/protocol.md writes it (metrics label it so).
+    pub fn name(self) -> &'static str {
+        const NAMES: [&str; ApiKey::ALL.len()] = [
+            "ApiVersions",
+            "Metadata",
+            "CreateTopic",
+            "DeleteTopic",
+            "AlterTopic",
+            "ListTopics",
+            "DescribeTopic",
+            "Produce",
+            "Fetch",
+            "ListOffsets",
+            "JoinGroup",
+            "Heartbeat",
+            "LeaveGroup",
+            "OffsetCommit",
+            "OffsetFetch",
+            "DescribeGroup",
+            "ListGroups",
+            "DeleteGroup",
+            "ProduceDelayed",
+            "Nack",
+            "DlqReplay",
+            "InitProducer",
+        ];
+        NAMES[self as usize]
+    }
+
     /// The key for a wire value.
     pub fn from_u16(v: u16) -> Option<ApiKey> {
         ApiKey::ALL.get(v as usize).copied()

@@ -719,3 +719,10 @@ fn given_list_topics_v1_should_carry_the_internal_flag_and_v0_refuse_it() {
     assert!(!valid_group_name("a/b"));
     assert!(!valid_group_name(""));
 }
+
+#[test]
+fn api_names_are_the_variant_names() {
+    for k in ApiKey::ALL {
+        assert_eq!(k.name(), format!("{k:?}"));
+    }
+}

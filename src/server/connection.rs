@@ -39,7 +39,7 @@ use rkyv::util::AlignedVec;
 use super::budget::Charge;
 use super::response::Outgoing;
 use super::{handler, Session, Shared};
-use crate::protocol::{self, DecodeError, ErrorCode, FrameBuffers, HEADER_LEN};
+use crate::protocol::{self, ApiKey, DecodeError, ErrorCode, FrameBuffers, HEADER_LEN};
 use crate::runtime::{self, TcpListener, TcpStream};
 use crate::shard::Shard;
 use crate::storage::{Io, SegmentMap, Slice};
@@ -633,8 +633,16 @@ impl<I: Io> Ctx<'_, I> {
             shard.stats.requests.fetch_add(1, Ordering::Relaxed);
             let bytes = &mut frame.buf[..frame.len];
             let header = protocol::request_header(bytes);
+            let started = Instant::now();
             let handled =
                 runtime::isolated(handler::handle(&shard, &shared, &session, bytes)).await;
+            if let Some(key) = header
+                .as_ref()
+                .ok()
+                .and_then(|h| ApiKey::from_u16(h.api_key))
+            {
+                shared.metrics.request_done(key.name(), started.elapsed());
+            }
             let out = match (handled, header) {
                 (Ok(out), _) => out,
                 (Err(message), Ok(h)) => {

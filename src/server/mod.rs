@@ -120,6 +120,10 @@ pub(crate) struct Shared {
     pub stats: Vec<Arc<Stats>>,
     /// Flow-control state all shards share.
     pub flow: Arc<crate::flow::Flow>,
+    /// What the metrics endpoint reads besides the counters.
+    pub metrics: metrics::Metrics,
+    /// The storage threads (their flush statistics).
+    pub pool: Arc<FlushPool>,
     pub shard_addrs: OnceLock<Vec<SocketAddr>>,
     pub shutdown: Shutdown,
     /// Failpoint `shard-panic` (see [`crate::failpoint`]): a shard's main task panics.
@@ -262,6 +266,8 @@ impl Broker {
             budget: MemoryBudget::new(config.memory_bytes_max),
             stats: (0..n).map(|_| Arc::new(Stats::default())).collect(),
             flow: Arc::default(),
+            metrics: metrics::Metrics::new(n),
+            pool: pool.clone(),
             shard_addrs: OnceLock::new(),
             shutdown: Shutdown {
                 flag: AtomicBool::new(false),
@@ -438,6 +444,20 @@ async fn run_shard<I: Io>(
         return;
     };
     tasks.push(runtime::spawn(shard.clone().run_delays()));
+    {
+        // Metrics snapshots and liveness: rendering /metrics never waits for a shard.
+        let (shard, shared) = (shard.clone(), shared.clone());
+        tasks.push(runtime::spawn(async move {
+            loop {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                shard.stats.alive_ms.store(now, Ordering::Relaxed);
+                shared.metrics.publish(shard.id, shard.partition_snapshot());
+                runtime::sleep(metrics::SNAPSHOT_INTERVAL).await;
+            }
+        }));
+    }
     {
         let shard = shard.clone();
         let every = Duration::from_millis(shared.config.retention_check_ms);

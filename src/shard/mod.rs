@@ -210,6 +210,12 @@ pub struct Stats {
     pub backlog_rejected: std::sync::atomic::AtomicU64,
     /// Segments deleted by `drop-oldest` backlogs.
     pub backlog_dropped_segments: std::sync::atomic::AtomicU64,
+    /// Milliseconds of waiting producers were told to do (`throttle_ms` handed out).
+    pub throttle_ms: std::sync::atomic::AtomicU64,
+    /// Records served to consumers.
+    pub records_out: std::sync::atomic::AtomicU64,
+    /// When the shard last showed it runs (ms since the Unix epoch); 0 before it starts.
+    pub alive_ms: std::sync::atomic::AtomicU64,
 }
 
 /// What a shard shares with the broker: configuration, catalog, its counters, flow control.

@@ -192,6 +192,9 @@ impl<I: Io> Shard<I> {
             flow::Verdict::AppendAndDrop => Ok(true),
             flow::Verdict::Throttle => {
                 self.stats.backlog_throttled.fetch_add(1, Relaxed);
+                self.stats
+                    .throttle_ms
+                    .fetch_add(u64::from(flow::BACKLOG_THROTTLE_MS), Relaxed);
                 Err(ShardError::BacklogFull {
                     topic: topic.to_string(),
                     partition,
@@ -395,6 +398,7 @@ impl<I: Io> Shard<I> {
         self.stats
             .bytes_out
             .fetch_add(slice.bytes().len() as u64, Relaxed);
+        self.stats.records_out.fetch_add(slice.count(), Relaxed);
         Ok(ReadOutcome {
             earliest: log.earliest_offset(),
             next: end,
@@ -446,6 +450,30 @@ impl<I: Io> Shard<I> {
             durable: log.durable_offset(),
             size_bytes: log.size_bytes(),
         })
+    }
+
+    /// Every open local partition's offsets and size, for metrics and stats: `(topic, partition,
+    /// info)`, sorted.
+    pub fn partition_snapshot(&self) -> Vec<(String, u32, PartitionInfo)> {
+        let mut out = Vec::new();
+        for (topic, slots) in self.partitions.borrow().iter() {
+            for (p, part) in slots.iter().enumerate() {
+                let Some(part) = part else { continue };
+                let log = part.log.borrow();
+                out.push((
+                    topic.clone(),
+                    p as u32,
+                    PartitionInfo {
+                        earliest: log.earliest_offset(),
+                        next: log.next_offset(),
+                        durable: log.durable_offset(),
+                        size_bytes: log.size_bytes(),
+                    },
+                ));
+            }
+        }
+        out.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        out
     }
 
     /// Waits until any of `wanted` (topic, partition, offset) has a record at `offset` or later,

@@ -161,6 +161,67 @@ impl Ord for Timer {
 pub(crate) struct PoolShared {
     queue: Mutex<Queue>,
     work: Condvar,
+    stats: FlushStats,
+}
+
+/// Upper bounds, in µs, of the flush-latency buckets [`FlushStats`] counts (the last bucket is
+/// everything above).
+pub const FLUSH_BUCKETS_US: [u64; 12] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
+];
+
+/// What the storage threads' flush rounds cost: counts and a latency histogram (a round is the
+/// directory sync, if due, and the fdatasync of every dirty mapping of one log). Atomics only:
+/// read by the metrics endpoint without stopping anything.
+#[derive(Debug, Default)]
+pub struct FlushStats {
+    rounds: AtomicU64,
+    failed: AtomicU64,
+    sum_us: AtomicU64,
+    buckets: [AtomicU64; FLUSH_BUCKETS_US.len() + 1],
+}
+
+/// A copy of [`FlushStats`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlushSnapshot {
+    /// Rounds that completed.
+    pub rounds: u64,
+    /// Rounds that failed (each fail-stops its log).
+    pub failed: u64,
+    /// Total time of the completed rounds, µs.
+    pub sum_us: u64,
+    /// Rounds per bucket of [`FLUSH_BUCKETS_US`], not cumulative; the last is above the last bound.
+    pub buckets: Vec<u64>,
+}
+
+impl FlushStats {
+    fn observe(&self, took: Duration, ok: bool) {
+        if !ok {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.rounds.fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+        let i = FLUSH_BUCKETS_US
+            .iter()
+            .position(|&b| us <= b)
+            .unwrap_or(FLUSH_BUCKETS_US.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> FlushSnapshot {
+        FlushSnapshot {
+            rounds: self.rounds.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            sum_us: self.sum_us.load(Ordering::Relaxed),
+            buckets: self
+                .buckets
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .collect(),
+        }
+    }
 }
 
 impl PoolShared {
@@ -178,6 +239,11 @@ pub struct FlushPool {
 }
 
 impl FlushPool {
+    /// What the flush rounds of every log on this pool cost so far.
+    pub fn flush_stats(&self) -> FlushSnapshot {
+        self.shared.stats.snapshot()
+    }
+
     /// Starts `threads` (at least 1) storage threads.
     pub fn new(threads: usize) -> io::Result<FlushPool> {
         let shared = Arc::new(PoolShared {
@@ -187,6 +253,7 @@ impl FlushPool {
                 shutdown: false,
             }),
             work: Condvar::new(),
+            stats: FlushStats::default(),
         });
         let mut pool = FlushPool {
             shared,
@@ -332,6 +399,7 @@ fn flush_round(log: &Arc<Shared>) {
     // Bytes published from here on need a timer of their own.
     log.timer_armed.store(false, Ordering::Release);
 
+    let started = Instant::now();
     let mut result = Ok(());
     if dir_dirty {
         result = (log.sync_dir)(&log.dir);
@@ -348,6 +416,7 @@ fn flush_round(log: &Arc<Shared>) {
         }
     }
 
+    log.pool.stats.observe(started.elapsed(), result.is_ok());
     let mut st = lock(&log.state);
     st.running = false;
     let ready = match result {

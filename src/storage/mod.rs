@@ -31,7 +31,7 @@ mod sim;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use flush::{DurableWait, FlushError, FlushPool};
+pub use flush::{DurableWait, FlushError, FlushPool, FlushSnapshot, FLUSH_BUCKETS_US};
 pub use index::{Checkpoint, IndexEntry};
 pub use io::{create_dir_durable, Io, SegmentMap};
 #[cfg(feature = "broker")]
