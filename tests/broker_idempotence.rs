@@ -116,19 +116,25 @@ fn assert_once_in_order(stored: &[(u64, String)], acked: &[RecordMetadata], n: u
     }
 }
 
-#[test]
-fn given_lost_acknowledgements_an_idempotent_producer_should_store_each_batch_once_in_order() {
+/// Sends `N` records through a broker that loses every 4th Produce answer; returns what the
+/// partition holds and what the sends reported.
+fn with_lost_acks(idempotent: bool) -> (Vec<(u64, String)>, Vec<RecordMetadata>) {
     let dir = tempfile::tempdir().unwrap();
     let broker =
         TestBroker::start_with_env(dir.path(), &[], &[("LEVEE_FAILPOINTS", "produce-lose-ack")]);
-    let addr = broker.addr.to_string();
-    let client = client(&addr);
+    let client = client(&broker.addr.to_string());
     create(&client);
-    const N: usize = 40;
-    let producer = producer(&client, true);
+    let producer = producer(&client, idempotent);
     let acked = send_all(&producer, N);
     producer.close();
-    let stored = read_all(&client, N);
+    (read_all(&client, N), acked)
+}
+
+const N: usize = 40;
+
+#[test]
+fn given_lost_acknowledgements_an_idempotent_producer_should_store_each_batch_once_in_order() {
+    let (stored, acked) = with_lost_acks(true);
     assert_once_in_order(&stored, &acked, N);
 }
 
@@ -136,17 +142,7 @@ fn given_lost_acknowledgements_an_idempotent_producer_should_store_each_batch_on
 fn given_lost_acknowledgements_a_plain_producer_should_store_duplicates() {
     // The control: the same failure without idempotence duplicates batches, so the test above
     // would fail if the broker did not drop the resends.
-    let dir = tempfile::tempdir().unwrap();
-    let broker =
-        TestBroker::start_with_env(dir.path(), &[], &[("LEVEE_FAILPOINTS", "produce-lose-ack")]);
-    let addr = broker.addr.to_string();
-    let client = client(&addr);
-    create(&client);
-    const N: usize = 40;
-    let producer = producer(&client, false);
-    send_all(&producer, N);
-    producer.close();
-    let stored = read_all(&client, N);
+    let (stored, _) = with_lost_acks(false);
     assert!(
         stored.len() > N,
         "lost acknowledgements made the plain producer resend stored batches ({} stored)",

@@ -67,10 +67,11 @@ pub fn assign<'a>(
             }
         }
         for (i, m) in readers.iter().enumerate() {
-            let mine = out.get_mut(&m.id).expect("every member has an entry");
             let mut ps = std::mem::take(&mut got[i]);
             ps.sort_unstable();
-            mine.extend(ps.into_iter().map(|p| (topic.to_string(), p)));
+            out.entry(m.id.clone())
+                .or_default()
+                .extend(ps.into_iter().map(|p| (topic.to_string(), p)));
         }
     }
     out

@@ -344,12 +344,14 @@ impl Coordinator {
         let mut topics = req.topics.to_vec();
         topics.sort();
         topics.dedup();
-        let known = group.members.get(&member_id);
-        let unchanged = known.is_some_and(|m| m.topics == topics);
-        if unchanged && group.state == State::Stable {
+        let members = group.members.len() as u32;
+        let stable = group.state == State::Stable;
+        if let Some(m) = group
+            .members
+            .get_mut(&member_id)
+            .filter(|m| stable && m.topics == topics)
+        {
             // Nothing changed: the member gets the current generation's assignment again.
-            let members = group.members.len() as u32;
-            let m = group.members.get_mut(&member_id).expect("known");
             m.last_seen = now;
             return Ok(JoinOutcome::Done(Joined {
                 group: group.name.clone(),

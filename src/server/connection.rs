@@ -641,7 +641,7 @@ impl<I: Io> Ctx<'_, I> {
                 .ok()
                 .and_then(|h| ApiKey::from_u16(h.api_key))
             {
-                shared.metrics.request_done(key.name(), started.elapsed());
+                shared.metrics.request_done(key, started.elapsed());
             }
             let out = match (handled, header) {
                 (Ok(out), _) => out,

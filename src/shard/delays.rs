@@ -86,25 +86,9 @@ impl<I: Io> Shard<I> {
         }
         let part = self.partition(DELAYS_TOPIC, d)?;
         let mut slot = DelaySlot::default();
-        {
-            let log = part.log.borrow();
-            let mut offset = log.earliest_offset();
-            while offset < log.next_offset() {
-                let slice = log
-                    .read(offset, 1 << 20)
-                    .map_err(|e| super::ops::storage(DELAYS_TOPIC, d, e))?;
-                for r in Records::new(slice.bytes(), record::ARCHIVE_LEN_MAX) {
-                    match r {
-                        Ok(r) if r.offset() >= offset => slot.schedule.apply(&r),
-                        Ok(_) => {}
-                        Err(e) => {
-                            tracing::error!(partition = d, error = %e, "delays record unreadable")
-                        }
-                    }
-                }
-                offset = slice.next_offset;
-            }
-        }
+        super::ops::replay(DELAYS_TOPIC, d, &part.log.borrow(), 0, |r| {
+            slot.schedule.apply(r)
+        })?;
         tracing::info!(
             partition = d,
             pending = slot.schedule.len(),

@@ -89,24 +89,9 @@ impl<I: Io> Shard<I> {
             waiting: HashMap::new(),
             since_snapshot: 0,
         };
-        {
-            let log = part.log.borrow();
-            let mut offset = log.earliest_offset();
-            while offset < log.next_offset() {
-                let slice = log
-                    .read(offset, 1 << 20)
-                    .map_err(|e| super::ops::storage(OFFSETS_TOPIC, p, e))?;
-                for r in Records::new(slice.bytes(), record::ARCHIVE_LEN_MAX) {
-                    match r {
-                        Ok(r) => store::apply(&mut slot.state, &r),
-                        Err(e) => {
-                            tracing::error!(partition = p, error = %e, "offsets record unreadable")
-                        }
-                    }
-                }
-                offset = slice.next_offset;
-            }
-        }
+        super::ops::replay(OFFSETS_TOPIC, p, &part.log.borrow(), 0, |r| {
+            store::apply(&mut slot.state, r)
+        })?;
         for g in slot.state.groups() {
             for ((topic, partition), c) in &g.offsets {
                 self.flow

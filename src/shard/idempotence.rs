@@ -19,7 +19,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::record::{self, RecordError, Records};
+use crate::record::{self, RecordError, RecordRef, Records};
 
 /// Batches remembered per producer and partition: as many as a producer may have in flight.
 pub const REMEMBERED: usize = 5;
@@ -199,25 +199,28 @@ impl ProducerTable {
     /// retry of any part of such a run is answered with the offsets of its records.
     pub fn rebuild_from(&mut self, run: &[u8], archive_len_max: usize) {
         for r in Records::new(run, archive_len_max).flatten() {
-            let Ok(m) = r.message() else { continue };
-            let (pid, seq) = (m.producer_id.to_native(), m.sequence.to_native());
-            let idempotent = pid != 0 && pid < BROKER_IDS;
-            match &mut self.reading {
-                Some((b, _, _))
-                    if idempotent && pid == b.producer_id && seq == b.first + b.count =>
-                {
-                    b.count += 1;
-                }
-                _ => {
-                    self.rebuilt();
-                    if idempotent {
-                        let b = BatchId {
-                            producer_id: pid,
-                            first: seq,
-                            count: 1,
-                        };
-                        self.reading = Some((b, r.offset(), r.header.timestamp_ms));
-                    }
+            self.rebuild_record(&r);
+        }
+    }
+
+    /// Rebuilds from one stored record (see [`ProducerTable::rebuild_from`]).
+    pub fn rebuild_record(&mut self, r: &RecordRef<'_>) {
+        let Ok(m) = r.message() else { return };
+        let (pid, seq) = (m.producer_id.to_native(), m.sequence.to_native());
+        let idempotent = pid != 0 && pid < BROKER_IDS;
+        match &mut self.reading {
+            Some((b, _, _)) if idempotent && pid == b.producer_id && seq == b.first + b.count => {
+                b.count += 1;
+            }
+            _ => {
+                self.rebuilt();
+                if idempotent {
+                    let b = BatchId {
+                        producer_id: pid,
+                        first: seq,
+                        count: 1,
+                    };
+                    self.reading = Some((b, r.offset(), r.header.timestamp_ms));
                 }
             }
         }

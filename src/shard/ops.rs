@@ -364,17 +364,7 @@ impl<I: Io> Shard<I> {
             }
         }
         let mut table = idempotence::ProducerTable::default();
-        let mut offset = from.max(log.earliest_offset());
-        while offset < log.next_offset() {
-            let slice = log
-                .read(offset, 1 << 20)
-                .map_err(|e| storage(topic, partition, e))?;
-            if slice.next_offset <= offset {
-                break;
-            }
-            table.rebuild_from(slice.bytes(), self.config.record_bytes_max);
-            offset = slice.next_offset;
-        }
+        replay(topic, partition, &log, from, |r| table.rebuild_record(r))?;
         table.rebuilt();
         Ok(table)
     }
@@ -557,4 +547,36 @@ impl<I: Io> Shard<I> {
 /// The topic of each waited-for partition.
 fn wanted_topics<I: Io>(parts: &[(std::rc::Rc<super::Partition<I>>, u64)]) -> Vec<String> {
     parts.iter().map(|(p, _)| p.topic().to_string()).collect()
+}
+
+/// Hands every record of a local partition's log from `from` (or its start) to its end to
+/// `each`, in order: how the broker rebuilds state kept in a log (coordinators, the delay
+/// schedule, idempotent producers). A record whose CRCs fail is logged and skipped.
+pub(crate) fn replay<I: Io>(
+    topic: &str,
+    partition: u32,
+    log: &crate::storage::Log<I>,
+    from: u64,
+    mut each: impl FnMut(&crate::record::RecordRef<'_>),
+) -> Result<(), ShardError> {
+    let mut offset = from.max(log.earliest_offset());
+    while offset < log.next_offset() {
+        let slice = log
+            .read(offset, 1 << 20)
+            .map_err(|e| storage(topic, partition, e))?;
+        if slice.next_offset <= offset {
+            break;
+        }
+        for r in crate::record::Records::new(slice.bytes(), crate::record::ARCHIVE_LEN_MAX) {
+            match r {
+                Ok(r) if r.offset() >= offset => each(&r),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(topic, partition, error = %e, "stored record unreadable; skipped")
+                }
+            }
+        }
+        offset = slice.next_offset;
+    }
+    Ok(())
 }
