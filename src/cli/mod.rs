@@ -7,8 +7,10 @@ mod consume;
 mod dlq;
 mod group;
 mod produce;
+mod quota;
 #[cfg(feature = "broker")]
 mod serve;
+mod stats;
 mod topic;
 
 use anyhow::Context;
@@ -49,6 +51,11 @@ enum Command {
     /// List and replay dead letters.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
+    /// Set, list and delete rate limits on client ids and topics.
+    #[command(subcommand)]
+    Quota(quota::QuotaCommand),
+    /// Shards, topics, groups with lag, rates, throttles and memory, as tables.
+    Stats(stats::StatsArgs),
 }
 
 /// Exits with a usage error (code 2) for a combination of flags clap cannot check.
@@ -89,5 +96,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Consume(a) => consume::run(&connect(&cli.broker)?, a),
         Command::Group(c) => group::run(&connect(&cli.broker)?, c),
         Command::Dlq(c) => dlq::run(&connect(&cli.broker)?, c),
+        Command::Quota(c) => quota::run(&connect(&cli.broker)?, c),
+        Command::Stats(a) => stats::run(&connect(&cli.broker)?, a),
     }
 }

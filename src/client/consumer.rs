@@ -444,6 +444,15 @@ pub(crate) fn poll_positions<T>(
         }
         match error {
             Some(e) if !e.is_retriable() => return Err(e),
+            // A quota throttle paces the consumer: back off as told, not counted as a failure.
+            Some(ClientError::Throttled { throttle_ms, .. }) => {
+                let pause = Duration::from_millis(u64::from(throttle_ms).max(1));
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Ok(out);
+                }
+                std::thread::sleep(pause.min(left));
+            }
             Some(e) => {
                 failed_rounds += 1;
                 if failed_rounds > client.config().retries {

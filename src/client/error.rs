@@ -45,9 +45,9 @@ pub enum ClientError {
         /// Human-readable detail.
         message: String,
     },
-    /// The broker did not take a block for now (a full `block` backlog): send it
-    /// again after `throttle_ms`. Retriable; the producer does so itself, for up to
-    /// `max_block_ms`.
+    /// The broker did not take or serve a block for now (a full `block` backlog, or a quota
+    /// spent): send it again after `throttle_ms`. Retriable; the producer does so itself for up
+    /// to `max_block_ms`, consumers back off as told.
     #[error("{topic}/{partition} is throttled: send again in {throttle_ms} ms")]
     Throttled {
         /// Topic name.

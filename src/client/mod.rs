@@ -65,6 +65,7 @@
 //! # }
 //! ```
 
+mod admin;
 mod connection;
 mod consumer;
 mod error;
@@ -418,6 +419,9 @@ fn unexpected(expected: ApiKey, got: &Response) -> ClientError {
         Response::Nack(_) => "Nack",
         Response::DlqReplay(_) => "DlqReplay",
         Response::InitProducer { .. } => "InitProducer",
+        Response::ListQuotas(_) => "ListQuotas",
+        Response::DeleteQuota { .. } => "DeleteQuota",
+        Response::Stats(_) => "Stats",
     };
     ClientError::UnexpectedResponse {
         what: format!("expected a {expected:?} body, got {got}"),
@@ -715,6 +719,13 @@ impl Client {
                     latest: r.next,
                 })
             }
+            ErrorCode::Throttled => {
+                return Err(ClientError::Throttled {
+                    topic: topic.to_string(),
+                    partition,
+                    throttle_ms: r.throttle_ms,
+                })
+            }
             code => return Err(block_error(code, topic, partition)),
         }
         assert!(r.run.start % record::RECORD_ALIGN == 0 && r.run.end <= frame.bytes().len());
@@ -748,12 +759,21 @@ impl Client {
                     if (e.is_disconnect() || e.code().is_some_and(ErrorCode::is_retriable))
                         && attempt < self.inner.config.retries =>
                 {
-                    attempt += 1;
                     tracing::debug!(error = %e, attempt, "retrying");
                     if e.is_disconnect() {
                         self.mark_stale();
                     }
-                    std::thread::sleep(self.inner.config.backoff(attempt));
+                    // A throttle is the broker pacing us, not a failure: wait what it said,
+                    // without spending a retry.
+                    match e {
+                        ClientError::Throttled { throttle_ms, .. } => std::thread::sleep(
+                            std::time::Duration::from_millis(u64::from(throttle_ms).max(1)),
+                        ),
+                        _ => {
+                            attempt += 1;
+                            std::thread::sleep(self.inner.config.backoff(attempt));
+                        }
+                    }
                 }
                 result => return result,
             }

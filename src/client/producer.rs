@@ -431,6 +431,9 @@ struct Shared {
     work: Condvar,
     /// Wakes `send` callers waiting for buffer space and `flush` callers.
     space: Condvar,
+    /// Batches the broker answered `Throttled` (a full backlog or a quota), for
+    /// [`Producer::throttle_count`].
+    throttles: std::sync::atomic::AtomicU64,
 }
 
 /// A batching, retrying producer; see the [module docs](self) for how batches form. `send` may
@@ -512,6 +515,7 @@ impl Producer {
             state: Mutex::new(state),
             work: Condvar::new(),
             space: Condvar::new(),
+            throttles: std::sync::atomic::AtomicU64::new(0),
         });
         let for_worker = shared.clone();
         let worker = std::thread::Builder::new()
@@ -664,6 +668,15 @@ impl Producer {
         // every new or sealed batch.
         s.work.notify_one();
         Ok(rx)
+    }
+
+    /// How many times the broker answered one of this producer's batches `Throttled` (its
+    /// partition's backlog was full under policy `block`, or a quota of its client id or topic
+    /// was spent); each time the batch waited the `throttle_ms` it was told and went again.
+    pub fn throttle_count(&self) -> u64 {
+        self.shared
+            .throttles
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Blocks until every record sent before this call has completed (acknowledged or failed
@@ -954,6 +967,9 @@ fn complete(
         other => other,
     };
     if let Err(ClientError::Throttled { throttle_ms, .. }) = &outcome {
+        shared
+            .throttles
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // Flow control, not a failure: wait as told, without spending a retry, for as long as
         // `max_block_ms` allows since the batch was started.
         let wait = Duration::from_millis(u64::from(*throttle_ms).max(1));

@@ -281,9 +281,11 @@ fn fetch_reply(
         error,
         earliest,
         next,
+        throttle_ms: 0,
         run: 0..run.len(),
     }];
-    let splits = encode_fetch_response(&mut head, cid, &results).unwrap();
+    // The fake broker advertises version 0 of Fetch, so the client asked at version 0.
+    let splits = encode_fetch_response(&mut head, 0, cid, &results).unwrap();
     let mut frame = head[..splits[0]].to_vec();
     frame.extend_from_slice(run);
     frame.extend_from_slice(&head[splits[0]..]);

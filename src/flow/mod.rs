@@ -10,6 +10,8 @@
 //! Must not touch: logs, sockets or the wire. The shard measures its log and asks; the handler
 //! turns the verdict into a response.
 
+pub mod quota;
+
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
@@ -25,6 +27,8 @@ pub const BACKLOG_THROTTLE_MS: u32 = 50;
 pub struct Flow {
     /// What the consumer groups committed.
     pub floors: CommitFloors,
+    /// Rate limits per client id and topic.
+    pub quotas: quota::Quotas,
 }
 
 /// The offsets every consumer group committed, by partition: what the slowest group still has

@@ -7,6 +7,7 @@
 
 use std::ops::Range;
 
+use super::admin;
 use super::delivery::{
     self, DlqReplayResponse, NackRequest, NackResponse, ProduceDelayedRequest,
     ProduceDelayedResponse,
@@ -417,6 +418,22 @@ pub enum Request {
     },
     /// Asks for a producer id, for idempotent produce.
     InitProducer,
+    /// Sets limits on a client id or topic; `None` rates stay as they are.
+    SetQuota {
+        /// What the limits apply to.
+        entity: admin::QuotaEntity,
+        /// The rates to set.
+        limits: admin::QuotaLimits,
+    },
+    /// Every quota.
+    ListQuotas,
+    /// Lifts every limit on a client id or topic.
+    DeleteQuota {
+        /// Whose limits.
+        entity: admin::QuotaEntity,
+    },
+    /// The broker's counters, partitions and group lag.
+    Stats,
 }
 
 // Smallest encodings, used to bound array counts before allocating.
@@ -643,6 +660,15 @@ pub fn decode_request_limited(
             max_messages: r.u32()?,
         },
         ApiKey::InitProducer => Request::InitProducer,
+        ApiKey::SetQuota => Request::SetQuota {
+            entity: admin::read_entity(&mut r)?,
+            limits: admin::read_limits(&mut r)?,
+        },
+        ApiKey::ListQuotas => Request::ListQuotas,
+        ApiKey::DeleteQuota => Request::DeleteQuota {
+            entity: admin::read_entity(&mut r)?,
+        },
+        ApiKey::Stats => Request::Stats,
     };
     r.finish()?;
     Ok((header, request))
@@ -674,6 +700,10 @@ impl Request {
             Request::Nack(_) => ApiKey::Nack,
             Request::DlqReplay { .. } => ApiKey::DlqReplay,
             Request::InitProducer => ApiKey::InitProducer,
+            Request::SetQuota { .. } => ApiKey::SetQuota,
+            Request::ListQuotas => ApiKey::ListQuotas,
+            Request::DeleteQuota { .. } => ApiKey::DeleteQuota,
+            Request::Stats => ApiKey::Stats,
         }
     }
 }
@@ -823,7 +853,12 @@ pub fn encode_request_at(
             groups::write_partitions(&mut w, partitions);
         }
         Request::DescribeGroup { group } | Request::DeleteGroup { group } => w.str(group),
-        Request::ListGroups | Request::InitProducer => {}
+        Request::ListGroups | Request::InitProducer | Request::ListQuotas | Request::Stats => {}
+        Request::SetQuota { entity, limits } => {
+            admin::write_entity(&mut w, entity);
+            admin::write_limits(&mut w, limits);
+        }
+        Request::DeleteQuota { entity } => admin::write_entity(&mut w, entity),
         Request::ProduceDelayed(p) => delivery::write_produce_delayed(&mut w, p),
         Request::Nack(n) => delivery::write_nack(&mut w, n),
         Request::DlqReplay {
@@ -958,6 +993,9 @@ pub struct FetchResult {
     pub earliest: u64,
     /// Offset of the next record to be appended.
     pub next: u64,
+    /// With `Throttled`: how long to wait before fetching this partition again. Version 2; 0
+    /// otherwise.
+    pub throttle_ms: u32,
     /// Byte range of the record run inside the response frame (decode side), or its length
     /// as `0..len` (encode side).
     pub run: Range<usize>,
@@ -1033,6 +1071,15 @@ pub enum Response {
         /// The id: put it in every record of an idempotent producer.
         producer_id: u64,
     },
+    /// Every quota.
+    ListQuotas(Vec<(admin::QuotaEntity, admin::QuotaLimits)>),
+    /// What a DeleteQuota did.
+    DeleteQuota {
+        /// False when the entity had no quota.
+        removed: bool,
+    },
+    /// The broker's counters, partitions and group lag.
+    Stats(admin::StatsResponse),
 }
 
 /// Encodes a successful response other than Fetch (see [`encode_fetch_response`]). Fails when the
@@ -1166,6 +1213,9 @@ pub fn encode_response_at(
             w.u64(d.next);
         }
         Response::InitProducer { producer_id } => w.u64(*producer_id),
+        Response::ListQuotas(all) => admin::write_quotas(&mut w, all),
+        Response::DeleteQuota { removed } => w.u8(u8::from(*removed)),
+        Response::Stats(s) => admin::write_stats(&mut w, s),
     }
     w.finish()?;
     finish_frame(out, 0)
@@ -1176,6 +1226,7 @@ pub fn encode_response_at(
 /// wire. The sender writes `out[..p0]`, run 0, `out[p0..p1]`, run 1, …, `out[pn..]`.
 pub fn encode_fetch_response(
     out: &mut Vec<u8>,
+    version: u16,
     correlation_id: u32,
     results: &[FetchResult],
 ) -> Result<Vec<usize>, EncodeError> {
@@ -1190,6 +1241,9 @@ pub fn encode_fetch_response(
         w.u16(r.error as u16);
         w.u64(r.earliest);
         w.u64(r.next);
+        if version >= 2 {
+            w.u32(r.throttle_ms);
+        }
         // Runs are multiples of 16, so leaving them out does not change any padding.
         w.run_header(r.run.len());
         splits.push(w.len());
@@ -1329,6 +1383,7 @@ pub fn decode_response_at(
                     error: ErrorCode::from_u16(r.u16()?),
                     earliest: r.u64()?,
                     next: r.u64()?,
+                    throttle_ms: if version >= 2 { r.u32()? } else { 0 },
                     run: r.run()?,
                 });
             }
@@ -1365,6 +1420,24 @@ pub fn decode_response_at(
         ApiKey::InitProducer => Response::InitProducer {
             producer_id: r.u64()?,
         },
+        ApiKey::SetQuota => Response::Done,
+        ApiKey::ListQuotas => Response::ListQuotas(admin::read_quotas(&mut r)?),
+        ApiKey::DeleteQuota => {
+            let at = r.position();
+            Response::DeleteQuota {
+                removed: match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => {
+                        return Err(DecodeError::Invalid {
+                            position: at,
+                            what: "removed is not 0 or 1",
+                        })
+                    }
+                },
+            }
+        }
+        ApiKey::Stats => Response::Stats(admin::read_stats(&mut r)?),
     };
     r.finish()?;
     Ok((header, Some(response)))

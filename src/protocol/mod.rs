@@ -17,12 +17,16 @@
 //! This module owns the wire format and the aligned frame buffers both ends read frames into
 //! ([`FrameBuffers`]). It must not import storage, glommio or std::net.
 
+pub mod admin;
 mod buffers;
 pub mod delivery;
 pub mod groups;
 mod messages;
 pub mod wire;
 
+pub use admin::{
+    GroupLagStats, PartitionStats, QuotaEntity, QuotaLimits, ShardStats, StatsResponse,
+};
 pub use buffers::FrameBuffers;
 pub use delivery::{
     DlqReplayResponse, NackOutcome, NackRequest, NackResponse, ProduceDelayedRequest,
@@ -93,11 +97,19 @@ pub enum ApiKey {
     DlqReplay = 20,
     /// Hands out a producer id for idempotent produce.
     InitProducer = 21,
+    /// Sets rate limits on a client id or a topic.
+    SetQuota = 22,
+    /// Every quota.
+    ListQuotas = 23,
+    /// Lifts every limit on a client id or a topic.
+    DeleteQuota = 24,
+    /// The broker's counters, partitions and group lag, for `levee stats`.
+    Stats = 25,
 }
 
 impl ApiKey {
     /// Every api key, in wire order.
-    pub const ALL: [ApiKey; 22] = [
+    pub const ALL: [ApiKey; 26] = [
         ApiKey::ApiVersions,
         ApiKey::Metadata,
         ApiKey::CreateTopic,
@@ -120,6 +132,10 @@ impl ApiKey {
         ApiKey::Nack,
         ApiKey::DlqReplay,
         ApiKey::InitProducer,
+        ApiKey::SetQuota,
+        ApiKey::ListQuotas,
+        ApiKey::DeleteQuota,
+        ApiKey::Stats,
     ];
 
     /// The api's name as docs/protocol.md writes it (metrics label it so).
@@ -147,6 +163,10 @@ impl ApiKey {
             "Nack",
             "DlqReplay",
             "InitProducer",
+            "SetQuota",
+            "ListQuotas",
+            "DeleteQuota",
+            "Stats",
         ];
         NAMES[self as usize]
     }
@@ -169,12 +189,12 @@ impl ApiKey {
     /// `OutOfOrderSequence` and `DuplicateSequence` (§6.8). Version 3 of CreateTopic and
     /// AlterTopic, and version 2 of DescribeTopic, carry a topic's backlog bound; version 3 of
     /// Produce answers each block with a `throttle_ms` and may answer `QueueFull` and
-    /// `Throttled` (§6.8).
+    /// `Throttled` (§6.8); version 2 of Fetch does the same for quotas (§6.9).
     pub fn versions(self) -> (u16, u16) {
         match self {
             ApiKey::CreateTopic | ApiKey::AlterTopic | ApiKey::Produce => (0, 3),
-            ApiKey::DescribeTopic => (0, 2),
-            ApiKey::Metadata | ApiKey::Fetch | ApiKey::ListOffsets | ApiKey::ListTopics => (0, 1),
+            ApiKey::DescribeTopic | ApiKey::Fetch => (0, 2),
+            ApiKey::Metadata | ApiKey::ListOffsets | ApiKey::ListTopics => (0, 1),
             ApiKey::ApiVersions
             | ApiKey::DeleteTopic
             | ApiKey::JoinGroup
@@ -188,7 +208,11 @@ impl ApiKey {
             | ApiKey::ProduceDelayed
             | ApiKey::Nack
             | ApiKey::DlqReplay
-            | ApiKey::InitProducer => (0, 0),
+            | ApiKey::InitProducer
+            | ApiKey::SetQuota
+            | ApiKey::ListQuotas
+            | ApiKey::DeleteQuota
+            | ApiKey::Stats => (0, 0),
         }
     }
 
@@ -269,8 +293,10 @@ pub enum ErrorCode {
     /// The partition's backlog is full and its topic's policy is `reject`: nothing was stored.
     /// Sent from Produce version 3 (older versions get `LimitExceeded`).
     QueueFull = 27,
-    /// The partition's backlog is full and its topic's policy is `block`: nothing was stored; send again after the block's `throttle_ms`. Retriable. Sent from
-    /// Produce version 3 (older versions get `Busy`).
+    /// The block must wait: its partition's backlog is full under policy `block`, or a quota
+    /// of its client id or topic is spent. Nothing was stored (Produce) or read (Fetch); send
+    /// again after the block's `throttle_ms`. Retriable. Sent from Produce version 3 and Fetch
+    /// version 2 (older versions get `Busy`).
     Throttled = 28,
 }
 
@@ -334,8 +360,13 @@ impl ErrorCode {
                 ApiKey::Produce => 2,
                 _ => u16::MAX,
             },
-            ErrorCode::QueueFull | ErrorCode::Throttled => match api {
+            ErrorCode::QueueFull => match api {
                 ApiKey::Produce => 3,
+                _ => u16::MAX,
+            },
+            ErrorCode::Throttled => match api {
+                ApiKey::Produce => 3,
+                ApiKey::Fetch => 2,
                 _ => u16::MAX,
             },
             ErrorCode::LimitExceeded => match api {

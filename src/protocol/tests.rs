@@ -145,10 +145,11 @@ proptest! {
         cid in any::<u32>(),
     ) {
         let results: Vec<FetchResult> = blocks.iter().map(|(t, p, e, n, r)| FetchResult {
-            topic: t.clone(), partition: *p, error: ErrorCode::None, earliest: *e, next: *n, run: 0..r.len(),
+            topic: t.clone(), partition: *p, error: ErrorCode::None, earliest: *e, next: *n,
+            throttle_ms: p % 10_000, run: 0..r.len(),
         }).collect();
         let mut head = Vec::new();
-        let splits = encode_fetch_response(&mut head, cid, &results).unwrap();
+        let splits = encode_fetch_response(&mut head, ApiKey::Fetch.versions().1, cid, &results).unwrap();
         // Splice as the server does on the wire.
         let mut wire = Vec::new();
         let mut at = 0;
@@ -162,8 +163,9 @@ proptest! {
         let (h, resp) = decode_response(&wire).unwrap();
         prop_assert_eq!(h.correlation_id, cid);
         let Some(Response::Fetch(back)) = resp else { panic!("not fetch") };
-        for (b, (_, _, _, _, r)) in back.iter().zip(&blocks) {
+        for (b, (_, p, _, _, r)) in back.iter().zip(&blocks) {
             prop_assert_eq!(&wire[b.run.clone()], &r[..]);
+            prop_assert_eq!(b.throttle_ms, p % 10_000);
             prop_assert_eq!(b.run.start % 16, 0);
         }
     }
@@ -304,8 +306,9 @@ fn given_new_error_codes_when_sent_to_an_older_version_should_fall_back_to_known
 #[test]
 fn given_version_ranges_when_negotiated_should_pick_the_highest_common() {
     assert_eq!(ApiKey::Fetch.negotiate((0, 0)), Some(0));
-    assert_eq!(ApiKey::Fetch.negotiate((0, 7)), Some(1));
-    assert_eq!(ApiKey::Fetch.negotiate((2, 7)), None);
+    assert_eq!(ApiKey::Fetch.negotiate((0, 7)), Some(2));
+    assert_eq!(ApiKey::Metadata.negotiate((0, 7)), Some(1));
+    assert_eq!(ApiKey::Metadata.negotiate((2, 7)), None);
     assert_eq!(ApiKey::DeleteTopic.negotiate((0, 3)), Some(0));
     assert_eq!(ApiKey::ListTopics.negotiate((0, 3)), Some(1));
 }
@@ -357,11 +360,12 @@ fn given_values_the_format_cannot_carry_when_encoding_should_fail_typed_not_pani
             error: ErrorCode::None,
             earliest: 0,
             next: 0,
+            throttle_ms: 0,
             run: 0..(48 << 20),
         };
         2
     ];
-    let e = encode_fetch_response(&mut out, 1, &results).unwrap_err();
+    let e = encode_fetch_response(&mut out, ApiKey::Fetch.versions().1, 1, &results).unwrap_err();
     assert!(matches!(e, EncodeError::FrameTooLarge { .. }), "{e:?}");
     let e = encode_request(
         &mut out,
@@ -531,7 +535,86 @@ fn group_request() -> impl Strategy<Value = Request> {
             max_messages
         }),
         Just(Request::InitProducer),
+        (quota_entity(), quota_limits())
+            .prop_map(|(entity, limits)| Request::SetQuota { entity, limits }),
+        Just(Request::ListQuotas),
+        quota_entity().prop_map(|entity| Request::DeleteQuota { entity }),
+        Just(Request::Stats),
     ]
+}
+
+fn quota_entity() -> impl Strategy<Value = QuotaEntity> {
+    (any::<bool>(), name()).prop_map(|(client, n)| {
+        if client {
+            QuotaEntity::Client(n)
+        } else {
+            QuotaEntity::Topic(n)
+        }
+    })
+}
+
+fn quota_limits() -> impl Strategy<Value = QuotaLimits> {
+    proptest::array::uniform4(proptest::option::of(any::<u64>())).prop_map(QuotaLimits::from_array)
+}
+
+fn stats_response() -> impl Strategy<Value = StatsResponse> {
+    let shard = (
+        any::<u16>(),
+        any::<bool>(),
+        any::<u32>(),
+        proptest::array::uniform10(any::<u64>()),
+    )
+        .prop_map(|(shard, up, connections, v)| ShardStats {
+            shard,
+            up,
+            connections,
+            requests: v[0],
+            records_in: v[1],
+            bytes_in: v[2],
+            records_out: v[3],
+            bytes_out: v[4],
+            backlog_throttled: v[5],
+            backlog_rejected: v[6],
+            backlog_dropped_segments: v[7],
+            quota_throttled: v[8],
+            throttle_ms: v[9],
+        });
+    let partition = (
+        name(),
+        any::<u32>(),
+        proptest::array::uniform4(any::<u64>()),
+    )
+        .prop_map(|(topic, partition, v)| PartitionStats {
+            topic,
+            partition,
+            earliest: v[0],
+            next: v[1],
+            durable: v[2],
+            size_bytes: v[3],
+        });
+    let group = (name(), name(), any::<u32>(), any::<u64>(), any::<u64>()).prop_map(
+        |(group, topic, partition, committed, lag)| GroupLagStats {
+            group,
+            topic,
+            partition,
+            committed,
+            lag,
+        },
+    );
+    (
+        proptest::array::uniform3(any::<u64>()),
+        proptest::collection::vec(shard, 0..3),
+        proptest::collection::vec(partition, 0..3),
+        proptest::collection::vec(group, 0..3),
+    )
+        .prop_map(|(v, shards, partitions, groups)| StatsResponse {
+            uptime_ms: v[0],
+            memory_used: v[1],
+            memory_max: v[2],
+            shards,
+            partitions,
+            groups,
+        })
 }
 
 fn assignment() -> impl Strategy<Value = Vec<TopicPartitions>> {
@@ -660,6 +743,10 @@ fn group_response() -> impl Strategy<Value = (ApiKey, Response)> {
         any::<u64>().prop_map(|producer_id| {
             (ApiKey::InitProducer, Response::InitProducer { producer_id })
         }),
+        proptest::collection::vec((quota_entity(), quota_limits()), 0..4)
+            .prop_map(|all| (ApiKey::ListQuotas, Response::ListQuotas(all))),
+        any::<bool>().prop_map(|removed| (ApiKey::DeleteQuota, Response::DeleteQuota { removed })),
+        stats_response().prop_map(|s| (ApiKey::Stats, Response::Stats(s))),
         proptest::collection::vec((name(), state(), any::<u32>()), 0..4).prop_map(|v| {
             (
                 ApiKey::ListGroups,

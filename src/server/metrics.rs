@@ -215,6 +215,81 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// True when a shard that last showed it runs at `alive_ms` counts as up at `now`.
+fn is_up(alive_ms: u64, now: u64) -> bool {
+    alive_ms > 0 && now.saturating_sub(alive_ms) <= ALIVE_WITHIN_MS
+}
+
+/// The Stats api's answer, from the same sources as `/metrics`.
+pub(crate) fn stats_response(shared: &Shared) -> crate::protocol::StatsResponse {
+    use crate::protocol::{GroupLagStats, PartitionStats, ShardStats, StatsResponse};
+    let now = now_ms();
+    let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let shards = shared
+        .stats
+        .iter()
+        .enumerate()
+        .map(|(shard, s)| ShardStats {
+            shard: shard as u16,
+            up: is_up(get(&s.alive_ms), now),
+            connections: s.connections.load(Ordering::Relaxed) as u32,
+            requests: get(&s.requests),
+            records_in: get(&s.records_in),
+            bytes_in: get(&s.bytes_in),
+            records_out: get(&s.records_out),
+            bytes_out: get(&s.bytes_out),
+            backlog_throttled: get(&s.backlog_throttled),
+            backlog_rejected: get(&s.backlog_rejected),
+            backlog_dropped_segments: get(&s.backlog_dropped_segments),
+            quota_throttled: get(&s.quota_throttled),
+            throttle_ms: get(&s.throttle_ms) + get(&s.quota_throttle_ms),
+        })
+        .collect();
+    let mut partitions: Vec<PartitionStats> = shared
+        .metrics
+        .partitions()
+        .into_iter()
+        .map(|(topic, partition, info)| PartitionStats {
+            topic,
+            partition,
+            earliest: info.earliest,
+            next: info.next,
+            durable: info.durable,
+            size_bytes: info.size_bytes,
+        })
+        .collect();
+    partitions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+    let ends: std::collections::HashMap<(&str, u32), u64> = partitions
+        .iter()
+        .map(|p| ((p.topic.as_str(), p.partition), p.next))
+        .collect();
+    let mut groups: Vec<GroupLagStats> = shared
+        .flow
+        .floors
+        .all()
+        .into_iter()
+        .map(|(topic, partition, group, committed)| GroupLagStats {
+            lag: ends
+                .get(&(topic.as_str(), partition))
+                .map_or(0, |end| end.saturating_sub(committed)),
+            group,
+            topic,
+            partition,
+            committed,
+        })
+        .collect();
+    groups
+        .sort_by(|a, b| (&a.group, &a.topic, a.partition).cmp(&(&b.group, &b.topic, b.partition)));
+    StatsResponse {
+        uptime_ms: shared.started.elapsed().as_millis() as u64,
+        memory_used: shared.budget.used() as u64,
+        memory_max: shared.budget.max() as u64,
+        shards,
+        partitions,
+        groups,
+    }
+}
+
 fn render(shared: &Shared) -> String {
     let mut registry = Registry::default();
     let counters: [ShardCounter; 11] = [
@@ -228,16 +303,32 @@ fn render(shared: &Shared) -> String {
         ("levee_backlog_throttled", "Produce blocks answered Throttled because their partition's backlog was full (policy block).", |s| s.backlog_throttled.load(Ordering::Relaxed)),
         ("levee_backlog_rejected", "Produce blocks answered QueueFull because their partition's backlog was full (policy reject).", |s| s.backlog_rejected.load(Ordering::Relaxed)),
         ("levee_backlog_dropped_segments", "Segments deleted to keep a backlog within its bound (policy drop-oldest).", |s| s.backlog_dropped_segments.load(Ordering::Relaxed)),
-        ("levee_throttle_ms", "Milliseconds of waiting handed to producers in throttle_ms, by reason.", |s| s.throttle_ms.load(Ordering::Relaxed)),
+        ("levee_quota_throttled", "Produce and Fetch blocks answered Throttled because a quota of their client id or topic was spent.", |s| s.quota_throttled.load(Ordering::Relaxed)),
     ];
     for (name, help, get) in counters {
         let family = shard_family::<Counter>(&mut registry, name, help);
         for (shard, stats) in shared.stats.iter().enumerate() {
-            let mut labels = vec![("shard", shard.to_string())];
-            if name == "levee_throttle_ms" {
-                labels.push(("reason", "backlog".to_string()));
-            }
-            family.get_or_create(&labels).inc_by(get(stats));
+            family
+                .get_or_create(&vec![("shard", shard.to_string())])
+                .inc_by(get(stats));
+        }
+    }
+    let throttle = shard_family::<Counter>(
+        &mut registry,
+        "levee_throttle_ms",
+        "Milliseconds of waiting handed to clients in throttle_ms, by reason (backlog, quota).",
+    );
+    for (shard, stats) in shared.stats.iter().enumerate() {
+        for (reason, ms) in [
+            ("backlog", stats.throttle_ms.load(Ordering::Relaxed)),
+            ("quota", stats.quota_throttle_ms.load(Ordering::Relaxed)),
+        ] {
+            throttle
+                .get_or_create(&vec![
+                    ("shard", shard.to_string()),
+                    ("reason", reason.to_string()),
+                ])
+                .inc_by(ms);
         }
     }
     let now = now_ms();
@@ -270,8 +361,7 @@ fn render(shared: &Shared) -> String {
         "1 when the shard showed it runs within the last 5 s.",
     );
     for (shard, stats) in shared.stats.iter().enumerate() {
-        let alive = stats.alive_ms.load(Ordering::Relaxed);
-        let fresh = alive > 0 && now.saturating_sub(alive) <= ALIVE_WITHIN_MS;
+        let fresh = is_up(stats.alive_ms.load(Ordering::Relaxed), now);
         up.get_or_create(&vec![("shard", shard.to_string())])
             .set(i64::from(fresh));
     }

@@ -72,6 +72,9 @@ pub enum ServerError {
     /// The topic catalog could not be loaded.
     #[error(transparent)]
     Catalog(#[from] CatalogError),
+    /// The quota file could not be loaded.
+    #[error(transparent)]
+    Quotas(#[from] crate::flow::quota::QuotaError),
     /// A shard failed to start (bind, executor, memory lock).
     #[error("shard {shard} failed to start: {message}")]
     Shard {
@@ -126,6 +129,8 @@ pub(crate) struct Shared {
     pub pool: Arc<FlushPool>,
     pub shard_addrs: OnceLock<Vec<SocketAddr>>,
     pub shutdown: Shutdown,
+    /// When the broker started (Stats reports the uptime).
+    pub started: std::time::Instant,
     /// Failpoint `shard-panic` (see [`crate::failpoint`]): a shard's main task panics.
     pub failpoint_shard_panic: Event,
 }
@@ -216,11 +221,9 @@ impl Broker {
             topic_partitions_max: config.topic_partitions_max,
             partitions_max: config.partitions_max,
         };
-        let catalog = Arc::new(Catalog::load(
-            &config.data_dir,
-            limits,
-            Arc::new(crate::catalog::OnIo(io.clone())),
-        )?);
+        let fs: Arc<dyn crate::catalog::CatalogFs> = Arc::new(crate::catalog::OnIo(io.clone()));
+        let catalog = Arc::new(Catalog::load(&config.data_dir, limits, fs.clone())?);
+        let quotas = crate::flow::quota::Quotas::load(&config.data_dir, fs)?;
         // Committed offsets live in an internal topic, never aged out: the coordinators write a
         // snapshot of every position long before retention by bytes can reach it.
         let offsets_retention = (4 * config.segment_bytes as u64)
@@ -265,7 +268,10 @@ impl Broker {
             catalog,
             budget: MemoryBudget::new(config.memory_bytes_max),
             stats: (0..n).map(|_| Arc::new(Stats::default())).collect(),
-            flow: Arc::default(),
+            flow: Arc::new(crate::flow::Flow {
+                floors: Default::default(),
+                quotas,
+            }),
             metrics: metrics::Metrics::new(n),
             pool: pool.clone(),
             shard_addrs: OnceLock::new(),
@@ -275,6 +281,7 @@ impl Broker {
                 draining: AtomicUsize::new(n as usize),
             },
             failpoint_shard_panic: Event::new(),
+            started: std::time::Instant::now(),
         });
         let cpus = std::thread::available_parallelism().map_or(1, |c| c.get());
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();

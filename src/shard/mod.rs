@@ -210,8 +210,13 @@ pub struct Stats {
     pub backlog_rejected: std::sync::atomic::AtomicU64,
     /// Segments deleted by `drop-oldest` backlogs.
     pub backlog_dropped_segments: std::sync::atomic::AtomicU64,
-    /// Milliseconds of waiting producers were told to do (`throttle_ms` handed out).
+    /// Milliseconds of waiting producers were told to do by full backlogs (`throttle_ms`).
     pub throttle_ms: std::sync::atomic::AtomicU64,
+    /// Produce and Fetch blocks answered `Throttled` by a quota (counted by the shard that
+    /// answered the request).
+    pub quota_throttled: std::sync::atomic::AtomicU64,
+    /// Milliseconds of waiting quotas handed out in `throttle_ms`.
+    pub quota_throttle_ms: std::sync::atomic::AtomicU64,
     /// Records served to consumers.
     pub records_out: std::sync::atomic::AtomicU64,
     /// When the shard last showed it runs (ms since the Unix epoch); 0 before it starts.

@@ -177,7 +177,7 @@ class BrokerTest(unittest.TestCase):
             self.client.close()
 
     def test_handshake(self):
-        self.assertEqual(sorted(self.client.apis), list(range(22)))
+        self.assertEqual(sorted(self.client.apis), list(range(26)))
         self.assertTrue(self.client.broker.startswith("levee"))
 
     def test_produce_fetch_roundtrip(self):

@@ -13,14 +13,16 @@
 //! or the broker shuts down; then it answers with what is there.
 
 use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use super::{by_owner, shard_code, Req};
+use crate::flow::quota::Direction;
 use crate::protocol::{ErrorCode, FetchRequest, FetchResult, FRAME_SIZE_MAX, HEADER_LEN};
 use crate::record::{record_len, ARCHIVE_LEN_MAX};
 use crate::runtime;
 use crate::server::response::Outgoing;
-use crate::server::Shared;
+use crate::server::{Session, Shared};
 use crate::shard::{Shard, ShardError, ShardId};
 use crate::storage::{Io, SegmentMap, Slice, StorageError};
 
@@ -72,6 +74,7 @@ pub(super) async fn fetch<I: Io>(
     req: Req,
     shard: &Rc<Shard<I>>,
     shared: &Shared,
+    session: &Session,
     f: FetchRequest,
 ) -> Outgoing<I::Map> {
     let head = head_bytes(&f);
@@ -88,6 +91,25 @@ pub(super) async fn fetch<I: Io>(
     let budget = (f.max_bytes.max(1) as usize)
         .min(shared.config.fetch_bytes_max)
         .min(FRAME_SIZE_MAX - head - one_record);
+    // Quotas: a block whose client id or topic is in debt is answered Throttled, unread; the
+    // others are read once, without a long poll, so the throttle reaches the client now.
+    let quotas = &shared.flow.quotas;
+    let client = quotas.is_active().then(|| session.client_id());
+    let throttles: Vec<u32> = match &client {
+        Some(c) => f
+            .blocks
+            .iter()
+            .map(|b| quotas.wait_ms(Direction::Fetch, c, &b.topic))
+            .collect(),
+        None => vec![0; f.blocks.len()],
+    };
+    if throttles.iter().any(|&t| t > 0) {
+        let stats = &shard.stats;
+        let throttled = throttles.iter().filter(|&&t| t > 0).count() as u64;
+        stats.quota_throttled.fetch_add(throttled, Relaxed);
+        let total: u64 = throttles.iter().map(|&t| u64::from(t)).sum();
+        stats.quota_throttle_ms.fetch_add(total, Relaxed);
+    }
     let wait = Duration::from_millis((f.max_wait_ms as u64).min(shared.config.fetch_wait_max_ms));
     let deadline = Instant::now() + wait;
     let min_bytes = f.min_bytes.max(1) as usize;
@@ -96,7 +118,7 @@ pub(super) async fn fetch<I: Io>(
         f.blocks.iter().map(|b| (b.topic.as_str(), b.partition)),
     );
     let reads = loop {
-        let reads = read_all(req, shard, &f, &groups, budget).await;
+        let reads = read_all(req, shard, &f, &groups, &throttles, budget).await;
         let available: usize = reads.iter().map(BlockRead::len).sum();
         let has_error = reads.iter().any(|r| r.error != ErrorCode::None);
         // A full budget is as much as can be sent, whatever min_bytes says.
@@ -119,19 +141,24 @@ pub(super) async fn fetch<I: Io>(
     };
     let mut results = Vec::with_capacity(reads.len());
     let mut slices = Vec::with_capacity(reads.len());
-    for (b, r) in f.blocks.iter().zip(reads) {
+    for ((b, r), throttle_ms) in f.blocks.iter().zip(reads).zip(throttles) {
+        if let (Some(client), Some(slice)) = (&client, &r.slice) {
+            let bytes = slice.bytes().len() as u64;
+            quotas.charge(Direction::Fetch, client, &b.topic, bytes, slice.count());
+        }
         results.push(FetchResult {
             topic: b.topic.clone(),
             partition: b.partition,
             error: r.error,
             earliest: r.earliest,
             next: r.next,
+            throttle_ms,
             run: 0..r.len(),
         });
         slices.push(r.slice);
     }
     let mut head = Vec::new();
-    match crate::protocol::encode_fetch_response(&mut head, req.cid, &results) {
+    match crate::protocol::encode_fetch_response(&mut head, req.version, req.cid, &results) {
         Ok(splits) => Outgoing::Fetch {
             head,
             splits,
@@ -144,17 +171,35 @@ pub(super) async fn fetch<I: Io>(
     }
 }
 
-/// Reads every block within the byte budget, one hop per owner shard.
+/// Reads every block within the byte budget, one hop per owner shard; blocks with a throttle
+/// are answered `Throttled`, unread.
 async fn read_all<I: Io>(
     req: Req,
     shard: &Rc<Shard<I>>,
     f: &FetchRequest,
     groups: &[(ShardId, Vec<usize>)],
+    throttles: &[u32],
     mut budget: usize,
 ) -> Vec<BlockRead<I::Map>> {
     let mut reads: Vec<Option<BlockRead<I::Map>>> = (0..f.blocks.len()).map(|_| None).collect();
+    for (i, _) in throttles.iter().enumerate().filter(|(_, &t)| t > 0) {
+        reads[i] = Some(BlockRead {
+            error: req.code(ErrorCode::Throttled),
+            earliest: 0,
+            next: 0,
+            slice: None,
+        });
+    }
     let mut served = false;
     for (owner, idxs) in groups {
+        let idxs: Vec<usize> = idxs
+            .iter()
+            .copied()
+            .filter(|&i| throttles[i] == 0)
+            .collect();
+        if idxs.is_empty() {
+            continue;
+        }
         let items: Vec<(usize, String, u32, u64, usize)> = idxs
             .iter()
             .map(|&i| {
@@ -199,7 +244,7 @@ async fn read_all<I: Io>(
                 }
             }
             Err(e) => {
-                for &i in idxs {
+                for &i in &idxs {
                     reads[i] = Some(BlockRead::failed(req, &e));
                 }
             }

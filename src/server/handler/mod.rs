@@ -17,6 +17,7 @@ mod admin;
 mod delivery;
 mod fetch;
 mod groups;
+mod operator;
 mod produce;
 
 use std::rc::Rc;
@@ -134,8 +135,8 @@ pub(crate) async fn handle<I: Io>(
         }
         Request::ListTopics { internal } => Some(admin::list_topics(req, shard, internal)),
         Request::DescribeTopic { name } => Some(admin::describe_topic(req, shard, name).await),
-        Request::Produce(p) => produce::produce(req, shard, shared, p, frame).await,
-        Request::Fetch(f) => Some(fetch::fetch(req, shard, shared, f).await),
+        Request::Produce(p) => produce::produce(req, shard, shared, session, p, frame).await,
+        Request::Fetch(f) => Some(fetch::fetch(req, shard, shared, session, f).await),
         Request::ListOffsets(blocks) => Some(list_offsets(req, shard, blocks).await),
         Request::JoinGroup(j) => Some(groups::join(req, shard, session, j).await),
         Request::Heartbeat {
@@ -160,6 +161,12 @@ pub(crate) async fn handle<I: Io>(
             max_messages,
         } => Some(delivery::dlq_replay(req, shard, shared, group, max_messages).await),
         Request::InitProducer => Some(delivery::init_producer(req)),
+        Request::SetQuota { entity, limits } => {
+            Some(operator::set_quota(req, shared, entity, limits))
+        }
+        Request::ListQuotas => Some(operator::list_quotas(req, shared)),
+        Request::DeleteQuota { entity } => Some(operator::delete_quota(req, shared, &entity)),
+        Request::Stats => Some(operator::stats(req, shared)),
     }
 }
 

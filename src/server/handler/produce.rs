@@ -8,14 +8,16 @@
 //! blocks then overlap.
 
 use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
 
 use rkyv::util::AlignedVec;
 
 use super::{by_owner, shard_code, Req};
+use crate::flow::quota::Direction;
 use crate::protocol::{Acks, ErrorCode, ProduceRequest, ProduceResult, Response};
 use crate::runtime;
 use crate::server::response::Outgoing;
-use crate::server::Shared;
+use crate::server::{Session, Shared};
 use crate::shard::{AckLevel, Appending, Shard, ShardError};
 use crate::storage::{Appended, Io};
 
@@ -33,15 +35,22 @@ pub(super) async fn produce<I: Io>(
     req: Req,
     shard: &Rc<Shard<I>>,
     shared: &Shared,
+    session: &Session,
     p: ProduceRequest,
     frame: &mut [u8],
 ) -> Option<Outgoing<I::Map>> {
     let acks = ack_level(p.acks);
     let timeout_ms = p.timeout_ms;
-    let groups = by_owner(
+    let (client, throttles) = admit(shard, shared, session, &p).await;
+    let mut groups = by_owner(
         shard,
         p.blocks.iter().map(|b| (b.topic.as_str(), b.partition)),
     );
+    // Throttled blocks are answered without being appended.
+    for (_, idxs) in &mut groups {
+        idxs.retain(|&i| throttles[i] == 0);
+    }
+    groups.retain(|(_, idxs)| !idxs.is_empty());
     let mut local: Vec<(usize, Result<Appending, ShardError>)> = Vec::new();
     let mut remote = Vec::new();
     for (owner, idxs) in groups {
@@ -116,6 +125,16 @@ pub(super) async fn produce<I: Io>(
             }
         }
     }
+    if let Some(client) = &client {
+        for (b, outcome) in p.blocks.iter().zip(&outcomes) {
+            if let Some(Ok(a)) = outcome {
+                shared
+                    .flow
+                    .quotas
+                    .charge(Direction::Produce, client, &b.topic, 0, a.count());
+            }
+        }
+    }
     if p.acks == Acks::None {
         return None;
     }
@@ -124,7 +143,8 @@ pub(super) async fn produce<I: Io>(
         .blocks
         .iter()
         .zip(outcomes)
-        .map(|(b, outcome)| {
+        .zip(throttles)
+        .map(|((b, outcome), throttle_ms)| {
             let mut r = ProduceResult {
                 topic: b.topic.clone(),
                 partition: b.partition,
@@ -133,6 +153,11 @@ pub(super) async fn produce<I: Io>(
                 timestamp_ms: 0,
                 throttle_ms: 0,
             };
+            if throttle_ms > 0 {
+                r.error = req.code(ErrorCode::Throttled);
+                r.throttle_ms = throttle_ms;
+                return r;
+            }
             match outcome {
                 Some(Ok(a)) => {
                     r.base_offset = a.base_offset;
@@ -151,6 +176,58 @@ pub(super) async fn produce<I: Io>(
         })
         .collect();
     Some(req.ok(&Response::Produce(results)))
+}
+
+/// Checks every block against the quotas of the session's client id and of its topic, charging
+/// the bytes of those admitted: `(client id, throttle_ms by block)`, 0 for an admitted block and
+/// no client id when no quota is set. A fire-and-forget request (`acks=none`) cannot be told to
+/// wait, so it is made to: it sleeps out its longest throttle and is then admitted whole, which
+/// holds back the connection's later requests as Kafka mutes a throttled channel.
+async fn admit<I: Io>(
+    shard: &Shard<I>,
+    shared: &Shared,
+    session: &Session,
+    p: &ProduceRequest,
+) -> (Option<String>, Vec<u32>) {
+    let quotas = &shared.flow.quotas;
+    if !quotas.is_active() {
+        return (None, vec![0; p.blocks.len()]);
+    }
+    let client = session.client_id();
+    let mut throttles: Vec<u32> = p
+        .blocks
+        .iter()
+        .map(|b| {
+            let bytes = b.run.len() as u64;
+            quotas
+                .admit(Direction::Produce, &client, &b.topic, bytes)
+                .err()
+                .unwrap_or(0)
+        })
+        .collect();
+    let longest = throttles.iter().copied().max().unwrap_or(0);
+    if longest > 0 {
+        let stats = &shard.stats;
+        let throttled = throttles.iter().filter(|&&t| t > 0).count() as u64;
+        stats.quota_throttled.fetch_add(throttled, Relaxed);
+        if p.acks == Acks::None {
+            stats
+                .quota_throttle_ms
+                .fetch_add(u64::from(longest), Relaxed);
+            runtime::sleep(std::time::Duration::from_millis(u64::from(longest))).await;
+            for (b, t) in p.blocks.iter().zip(&mut throttles) {
+                if *t > 0 {
+                    let bytes = b.run.len() as u64;
+                    quotas.charge(Direction::Produce, &client, &b.topic, bytes, 0);
+                    *t = 0;
+                }
+            }
+        } else {
+            let total: u64 = throttles.iter().map(|&t| u64::from(t)).sum();
+            stats.quota_throttle_ms.fetch_add(total, Relaxed);
+        }
+    }
+    (Some(client), throttles)
 }
 
 /// Failpoints that lose a stored batch's acknowledgement (tuning.md, "Failpoints"), for the
