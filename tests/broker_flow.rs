@@ -477,17 +477,16 @@ fn given_a_worker_that_does_not_commit_its_polls_should_stop_taking_work_at_max_
     producer.close();
     let mut config = GroupConsumerConfig::new("w", ["jobs"]);
     config.max_uncommitted = 50;
-    // Small fetches: a poll returns a few records at a time.
-    config.fetch_max_bytes = 1024;
+    // One fetch brings all 200: the poll must still hand out no more than the bound.
     config.max_wait_ms = 50;
     let mut worker = client.group_consumer(config).unwrap();
-    let mut held = 0;
+    let mut offsets = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while held < 50 && Instant::now() < deadline {
-        held += worker.poll(Duration::from_millis(100)).unwrap().len();
+    while offsets.len() < 50 && Instant::now() < deadline {
+        let records = worker.poll(Duration::from_millis(100)).unwrap();
+        offsets.extend(records.iter().map(|r| r.offset));
     }
-    assert!(held >= 50, "polls returned {held}");
-    assert!(held < 50 + 20, "one fetch past the bound at most: {held}");
+    assert_eq!(offsets, (0..50).collect::<Vec<u64>>(), "exactly the bound");
     for _ in 0..3 {
         assert!(
             worker.poll(Duration::from_millis(100)).unwrap().is_empty(),
@@ -495,8 +494,16 @@ fn given_a_worker_that_does_not_commit_its_polls_should_stop_taking_work_at_max_
         );
     }
     worker.commit().unwrap();
-    assert!(
-        !worker.poll(Duration::from_secs(2)).unwrap().is_empty(),
+    // What the bound held back is fetched again: nothing skipped.
+    let mut next = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while next.len() < 50 && Instant::now() < deadline {
+        let records = worker.poll(Duration::from_millis(200)).unwrap();
+        next.extend(records.iter().map(|r| r.offset));
+    }
+    assert_eq!(
+        next,
+        (50..100).collect::<Vec<u64>>(),
         "work again after the commit"
     );
     worker.close().unwrap();

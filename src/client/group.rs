@@ -240,8 +240,9 @@ pub struct GroupConsumerConfig {
     pub max_deliveries: u32,
     /// Most records polls may return that no commit covers yet: at the bound a poll waits and
     /// returns nothing until [`commit`](GroupConsumer::commit) (or auto-commit) catches up, so a
-    /// worker that stops committing stops taking work. The poll that reaches the bound may pass
-    /// it by what one fetch returns. Default 100 000.
+    /// worker that stops committing stops taking work. A poll never passes the bound: records a
+    /// fetch brought beyond it are dropped and fetched again after a commit (with a bound far
+    /// below what `fetch_max_bytes` holds, that re-reading costs bandwidth). Default 100 000.
     pub max_uncommitted: u64,
 }
 
@@ -451,7 +452,8 @@ impl GroupConsumer {
         if self.membership.rejoin.load(Ordering::Acquire) {
             self.rejoin()?;
         }
-        if self.uncommitted.values().sum::<u64>() >= self.config.max_uncommitted {
+        let in_hand = self.uncommitted.values().sum::<u64>();
+        if in_hand >= self.config.max_uncommitted {
             // Bounded work in hand: nothing more until a commit.
             std::thread::sleep(
                 timeout.min(Duration::from_millis(u64::from(self.config.max_wait_ms))),
@@ -472,6 +474,22 @@ impl GroupConsumer {
             &|| membership.rejoin.load(Ordering::Acquire),
             copy_records,
         )?;
+        // Never more in hand than the bound: what one fetch brought past it is given back, to
+        // be fetched again after a commit.
+        let mut records = records;
+        let room = usize::try_from(self.config.max_uncommitted - in_hand).unwrap_or(usize::MAX);
+        if records.len() > room {
+            for r in &records[room..] {
+                if let Some(p) = self
+                    .positions
+                    .iter_mut()
+                    .find(|p| p.topic == r.topic && p.partition == r.partition)
+                {
+                    p.offset = p.offset.min(r.offset);
+                }
+            }
+            records.truncate(room);
+        }
         for r in &records {
             let tp = (r.topic.clone(), r.partition);
             *self.uncommitted.entry(tp.clone()).or_default() += 1;

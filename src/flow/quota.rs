@@ -228,6 +228,16 @@ impl Quotas {
                 entity.kind()
             )));
         }
+        let longest = match entity {
+            Entity::Client(_) => crate::protocol::CLIENT_ID_LEN_MAX,
+            Entity::Topic(_) => crate::protocol::TOPIC_NAME_LEN_MAX,
+        };
+        if entity.name().len() > longest {
+            return Err(QuotaError::Invalid(format!(
+                "a {} name is at most {longest} bytes (the broker keeps no longer ones)",
+                entity.kind()
+            )));
+        }
         if change.is_empty() {
             return Err(QuotaError::Invalid("no limit given".into()));
         }
@@ -569,6 +579,8 @@ mod tests {
             .set(Entity::Client("c".into()), Limits::default())
             .is_err());
         assert!(q.set(Entity::Client("c".into()), bytes(0)).is_err());
+        assert!(q.set(Entity::Client("c".repeat(257)), bytes(1)).is_err());
+        assert!(q.set(Entity::Topic("t".repeat(250)), bytes(1)).is_err());
         assert!(q.list().is_empty());
     }
 

@@ -213,7 +213,8 @@ pub struct StatsResponse {
     pub memory_max: u64,
     /// Every shard.
     pub shards: Vec<ShardStats>,
-    /// Every partition of every topic (internal ones included).
+    /// Every partition whose log is open (internal topics included): a partition's log is
+    /// opened at its first use after the broker starts.
     pub partitions: Vec<PartitionStats>,
     /// Every group's committed offset and lag.
     pub groups: Vec<GroupLagStats>,

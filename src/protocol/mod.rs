@@ -46,6 +46,9 @@ pub const HEADER_LEN: usize = 16;
 pub const FRAME_SIZE_MAX: usize = 64 << 20;
 /// Longest topic name.
 pub const TOPIC_NAME_LEN_MAX: usize = 249;
+/// Longest client id the broker keeps from ApiVersions (longer ones are cut on a character
+/// boundary), and so the longest a client-id quota may name.
+pub const CLIENT_ID_LEN_MAX: usize = 256;
 
 const _: () = assert!(HEADER_LEN % crate::record::RECORD_ALIGN == 0);
 

@@ -41,7 +41,18 @@ pub(super) async fn produce<I: Io>(
 ) -> Option<Outgoing<I::Map>> {
     let acks = ack_level(p.acks);
     let timeout_ms = p.timeout_ms;
-    let (client, throttles) = admit(shard, shared, session, &p).await;
+    let Admitted {
+        client,
+        throttles,
+        hold_ms,
+    } = admit(shard, shared, session, &p);
+    // A held fire-and-forget request, and every one arriving behind it, goes in arrival order.
+    let ticket = (p.acks == Acks::None && (hold_ms > 0 || !session.held.is_idle()))
+        .then(|| session.held.ticket());
+    if let Some(ticket) = &ticket {
+        runtime::sleep(std::time::Duration::from_millis(u64::from(hold_ms))).await;
+        ticket.turn().await;
+    }
     let mut groups = by_owner(
         shard,
         p.blocks.iter().map(|b| (b.topic.as_str(), b.partition)),
@@ -103,6 +114,10 @@ pub(super) async fn produce<I: Io>(
         };
         // Spawned so the hop starts now, before this task awaits anything: see the module doc.
         remote.push((idxs, runtime::spawn(hop)));
+    }
+    // Appended (or their hops started, in order): the next held request may go.
+    if let Some(ticket) = ticket {
+        ticket.go();
     }
     let mut outcomes: Vec<Option<Outcome>> = (0..p.blocks.len()).map(|_| None).collect();
     for (i, a) in local {
@@ -178,56 +193,60 @@ pub(super) async fn produce<I: Io>(
     Some(req.ok(&Response::Produce(results)))
 }
 
+/// What the quotas said about a Produce request.
+struct Admitted {
+    /// The session's client id; `None` when no quota is set.
+    client: Option<String>,
+    /// By block: 0 when admitted, else the `throttle_ms` it is answered with.
+    throttles: Vec<u32>,
+    /// For `acks=none`: how long to hold the request before appending it.
+    hold_ms: u32,
+}
+
 /// Checks every block against the quotas of the session's client id and of its topic, charging
-/// the bytes of those admitted: `(client id, throttle_ms by block)`, 0 for an admitted block and
-/// no client id when no quota is set. A fire-and-forget request (`acks=none`) cannot be told to
-/// wait, so it is made to: it sleeps out its longest throttle and is then admitted whole, which
-/// holds back the connection's later requests as Kafka mutes a throttled channel.
-async fn admit<I: Io>(
+/// the bytes of those admitted. A fire-and-forget request (`acks=none`) cannot be told to wait,
+/// so it is made to: its bytes are charged at once (a reservation), and it is held for as long
+/// as the debt before it takes to repay, keeping its connection's slot in flight, so a client
+/// that only fires and forgets is slowed to its quota too.
+fn admit<I: Io>(
     shard: &Shard<I>,
     shared: &Shared,
     session: &Session,
     p: &ProduceRequest,
-) -> (Option<String>, Vec<u32>) {
+) -> Admitted {
     let quotas = &shared.flow.quotas;
+    let mut admitted = Admitted {
+        client: None,
+        throttles: vec![0; p.blocks.len()],
+        hold_ms: 0,
+    };
     if !quotas.is_active() {
-        return (None, vec![0; p.blocks.len()]);
+        return admitted;
     }
     let client = session.client_id();
-    let mut throttles: Vec<u32> = p
-        .blocks
-        .iter()
-        .map(|b| {
-            let bytes = b.run.len() as u64;
-            quotas
-                .admit(Direction::Produce, &client, &b.topic, bytes)
-                .err()
-                .unwrap_or(0)
-        })
-        .collect();
-    let longest = throttles.iter().copied().max().unwrap_or(0);
-    if longest > 0 {
-        let stats = &shard.stats;
-        let throttled = throttles.iter().filter(|&&t| t > 0).count() as u64;
-        stats.quota_throttled.fetch_add(throttled, Relaxed);
+    for (b, t) in p.blocks.iter().zip(&mut admitted.throttles) {
+        let bytes = b.run.len() as u64;
         if p.acks == Acks::None {
-            stats
-                .quota_throttle_ms
-                .fetch_add(u64::from(longest), Relaxed);
-            runtime::sleep(std::time::Duration::from_millis(u64::from(longest))).await;
-            for (b, t) in p.blocks.iter().zip(&mut throttles) {
-                if *t > 0 {
-                    let bytes = b.run.len() as u64;
-                    quotas.charge(Direction::Produce, &client, &b.topic, bytes, 0);
-                    *t = 0;
-                }
-            }
-        } else {
-            let total: u64 = throttles.iter().map(|&t| u64::from(t)).sum();
-            stats.quota_throttle_ms.fetch_add(total, Relaxed);
+            let wait = quotas.wait_ms(Direction::Produce, &client, &b.topic);
+            quotas.charge(Direction::Produce, &client, &b.topic, bytes, 0);
+            admitted.hold_ms = admitted.hold_ms.max(wait);
+        } else if let Err(wait) = quotas.admit(Direction::Produce, &client, &b.topic, bytes) {
+            *t = wait;
         }
     }
-    (Some(client), throttles)
+    let stats = &shard.stats;
+    let throttled = admitted.throttles.iter().filter(|&&t| t > 0).count() as u64;
+    let waited: u64 = admitted.throttles.iter().map(|&t| u64::from(t)).sum();
+    if throttled > 0 || admitted.hold_ms > 0 {
+        stats
+            .quota_throttled
+            .fetch_add(throttled.max(u64::from(admitted.hold_ms > 0)), Relaxed);
+        stats
+            .quota_throttle_ms
+            .fetch_add(waited + u64::from(admitted.hold_ms), Relaxed);
+    }
+    admitted.client = Some(client);
+    admitted
 }
 
 /// Failpoints that lose a stored batch's acknowledgement (tuning.md, "Failpoints"), for the
