@@ -508,3 +508,89 @@ fn given_a_worker_that_does_not_commit_its_polls_should_stop_taking_work_at_max_
     );
     worker.close().unwrap();
 }
+
+#[test]
+fn given_a_deleted_topic_its_commits_should_not_hold_back_a_topic_created_again_under_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = start(dir.path());
+    let client = Client::connect(&broker.addr.to_string(), ClientConfig::default()).unwrap();
+    let one = |client: &Client, bound: Option<u64>| {
+        client
+            .create_topic(
+                "reborn",
+                TopicConfig {
+                    partitions: 1,
+                    backlog: Backlog {
+                        messages_max: bound,
+                        bytes_max: None,
+                        policy: bound.map(|_| BacklogPolicy::Reject),
+                    },
+                    ..TopicConfig::default()
+                },
+            )
+            .unwrap()
+    };
+    let produce = |client: &Client, n: u64| -> (u64, u64) {
+        let producer = client
+            .producer(ProducerConfig {
+                linger_ms: 0,
+                ..ProducerConfig::default()
+            })
+            .unwrap();
+        let (mut ok, mut full) = (0, 0);
+        for i in 0..n {
+            match producer
+                .send(ProducerRecord::new("reborn", format!("m{i}")).with_partition(0))
+                .wait()
+            {
+                Ok(_) => ok += 1,
+                Err(e) if e.code() == Some(ErrorCode::QueueFull) => full += 1,
+                Err(e) => panic!("send: {e}"),
+            }
+        }
+        producer.close();
+        (ok, full)
+    };
+    let committed = |client: &Client| {
+        client
+            .fetch_offsets("old-readers", &[("reborn".to_string(), 0)])
+            .unwrap()
+            .first()
+            .and_then(|o| o.offset)
+    };
+    one(&client, None);
+    produce(&client, 100);
+    client
+        .commit_offsets(&levee::protocol::OffsetCommitRequest {
+            group: "old-readers".into(),
+            member_id: String::new(),
+            generation: 0,
+            offsets: vec![levee::protocol::CommitOffset {
+                topic: "reborn".into(),
+                partition: 0,
+                offset: 100,
+                metadata: String::new(),
+            }],
+        })
+        .unwrap();
+    assert_eq!(committed(&client), Some(100));
+    client.delete_topic("reborn").unwrap();
+    assert_eq!(committed(&client), None, "the commits went with the topic");
+    // Created again with a bound of 10: a stale floor at 100 would let 100 more in.
+    one(&client, Some(10));
+    assert_eq!(
+        produce(&client, 15),
+        (10, 5),
+        "bounded from the new log's start"
+    );
+    // And after a restart, replaying the offsets log brings nothing back.
+    assert!(broker.stop());
+    broker = start(dir.path());
+    let client = Client::connect(&broker.addr.to_string(), ClientConfig::default()).unwrap();
+    assert_eq!(committed(&client), None, "nothing came back at the restart");
+    assert_eq!(
+        produce(&client, 1),
+        (0, 1),
+        "still full: no floor came back"
+    );
+}

@@ -550,6 +550,23 @@ impl Coordinator {
         self.groups.remove(group);
     }
 
+    /// Forgets `group`'s offsets on `topic` (the topic was deleted; after that is durable, or
+    /// when replaying the log). A topic created again under the name starts with none.
+    pub fn apply_forget_topic(&mut self, group: &str, topic: &str) {
+        if let Some(g) = self.groups.get_mut(group) {
+            g.offsets.retain(|(t, _), _| t != topic);
+        }
+    }
+
+    /// The groups holding offsets on `topic`.
+    pub fn groups_with_offsets_on(&self, topic: &str) -> Vec<String> {
+        self.groups
+            .values()
+            .filter(|g| g.offsets.keys().any(|(t, _)| t == topic))
+            .map(|g| g.name.clone())
+            .collect()
+    }
+
     /// Whether a group may be deleted (or reset): it must have no members.
     pub fn check_delete(&self, group: &str) -> Result<(), GroupError> {
         match self.groups.get(group) {

@@ -9,6 +9,7 @@
 //! u8 version (1), u8 kind
 //! kind 1, commit:  string topic, u32 partition, u64 offset, string metadata, i64 timestamp_ms
 //! kind 2, delete:  (nothing more: the group and its offsets are gone)
+//! kind 3, forget:  string topic (the topic was deleted: the group's offsets on it are gone)
 //! ```
 //! (strings and integers as in docs/protocol.md §4). Snapshots are commit records of every
 //! current position, appended together, so retention may drop everything older than the last
@@ -21,6 +22,7 @@ use crate::record::{self, Message, RecordError, RecordRef};
 const VERSION: u8 = 1;
 const KIND_COMMIT: u8 = 1;
 const KIND_DELETE: u8 = 2;
+const KIND_FORGET_TOPIC: u8 = 3;
 
 fn record(group: &str, value: Vec<u8>, run: &mut Vec<u8>) -> Result<(), RecordError> {
     let m = Message {
@@ -61,6 +63,22 @@ pub fn encode_commit(
 /// Appends a group's tombstone to `run`.
 pub fn encode_delete(group: &str, run: &mut Vec<u8>) -> Result<(), RecordError> {
     record(group, vec![VERSION, KIND_DELETE], run)
+}
+
+/// Appends a record to `run` that drops `group`'s offsets on the deleted `topic`.
+pub fn encode_forget_topic(group: &str, topic: &str, run: &mut Vec<u8>) -> Result<(), RecordError> {
+    let mut value = Vec::new();
+    let mut w = Writer::new(&mut value);
+    w.u8(VERSION);
+    w.u8(KIND_FORGET_TOPIC);
+    w.str(topic);
+    if w.finish().is_err() {
+        return Err(RecordError::BadArchive {
+            position: 0,
+            reason: "a topic name over 65535 bytes".into(),
+        });
+    }
+    record(group, value, run)
 }
 
 /// Appends a snapshot of every position `coordinator` holds to `run`.
@@ -105,6 +123,7 @@ pub fn apply(coordinator: &mut Coordinator, r: &RecordRef<'_>) {
                 coordinator.apply_commit(group, vec![(tp, c)]);
             }
             (VERSION, KIND_DELETE) => coordinator.apply_delete(group),
+            (VERSION, KIND_FORGET_TOPIC) => coordinator.apply_forget_topic(group, rd.str()?),
             _ => tracing::warn!(
                 offset = r.offset(),
                 version,
@@ -161,5 +180,38 @@ mod tests {
             apply(&mut again, &r.unwrap());
         }
         assert_eq!(again.group("g").unwrap().offsets, g.offsets);
+    }
+
+    #[test]
+    fn given_a_forgotten_topic_when_replayed_should_drop_only_its_offsets() {
+        let c = |offset| Committed {
+            offset,
+            metadata: String::new(),
+            timestamp_ms: 0,
+        };
+        let mut run = Vec::new();
+        encode_commit(
+            "g",
+            &[(("gone".into(), 0), c(5)), (("kept".into(), 0), c(9))],
+            &mut run,
+        )
+        .unwrap();
+        encode_commit("h", &[(("gone".into(), 1), c(2))], &mut run).unwrap();
+        encode_forget_topic("g", "gone", &mut run).unwrap();
+        encode_forget_topic("h", "gone", &mut run).unwrap();
+        // Committed again after the topic was created again: kept.
+        encode_commit("h", &[(("gone".into(), 0), c(1))], &mut run).unwrap();
+        let mut aligned = rkyv::util::AlignedVec::<16>::new();
+        aligned.extend_from_slice(&run);
+        let mut coordinator = Coordinator::default();
+        for r in Records::new(&aligned, record::ARCHIVE_LEN_MAX) {
+            apply(&mut coordinator, &r.unwrap());
+        }
+        let g = coordinator.group("g").unwrap();
+        assert_eq!(g.offsets.len(), 1);
+        assert_eq!(g.offsets[&("kept".to_string(), 0)].offset, 9);
+        let h = coordinator.group("h").unwrap();
+        assert_eq!(h.offsets.len(), 1);
+        assert_eq!(h.offsets[&("gone".to_string(), 0)].offset, 1);
     }
 }

@@ -92,6 +92,24 @@ impl<I: Io> Shard<I> {
         super::ops::replay(OFFSETS_TOPIC, p, &part.log.borrow(), 0, |r| {
             store::apply(&mut slot.state, r)
         })?;
+        // A topic deleted while its forget records could not be written (a crash in between)
+        // leaves offsets behind: drop them now (the next snapshot makes that durable).
+        let topics = self.topics();
+        let gone: Vec<(String, String)> = slot
+            .state
+            .groups()
+            .flat_map(|g| {
+                g.offsets
+                    .keys()
+                    .filter(|(t, _)| topics.get(t).is_none())
+                    .map(|(t, _)| (g.name.clone(), t.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for (g, t) in gone {
+            tracing::info!(group = %g, topic = %t, "offsets on a deleted topic dropped");
+            slot.state.apply_forget_topic(&g, &t);
+        }
         for g in slot.state.groups() {
             for ((topic, partition), c) in &g.offsets {
                 self.flow
@@ -290,6 +308,32 @@ impl<I: Io> Shard<I> {
         self.append_internal(p, run, 30_000).await?;
         slot.borrow_mut().state.apply_delete(group);
         self.flow.floors.group_deleted(group);
+        Ok(())
+    }
+
+    /// Drops every group's offsets on the deleted `topic` held by coordinator `p`, durably, so
+    /// that a topic created again under the name starts with no commits and no commit floors.
+    pub async fn group_forget_topic(
+        self: &Rc<Self>,
+        p: u32,
+        topic: &str,
+    ) -> Result<(), ShardError> {
+        let slot = self.coordinator(p)?;
+        let groups = slot.borrow().state.groups_with_offsets_on(topic);
+        if groups.is_empty() {
+            return Ok(());
+        }
+        let mut run = Vec::new();
+        for g in &groups {
+            store::encode_forget_topic(g, topic, &mut run).map_err(|e| invalid(e.to_string()))?;
+        }
+        self.append_internal(p, run, 30_000).await?;
+        let mut slot = slot.borrow_mut();
+        for g in &groups {
+            slot.state.apply_forget_topic(g, topic);
+        }
+        drop(slot);
+        self.flow.floors.topic_deleted(topic);
         Ok(())
     }
 

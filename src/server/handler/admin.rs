@@ -128,23 +128,54 @@ pub(super) async fn create_topic<M: SegmentMap>(
     catalog_change(req, move || catalog.create(&name, &config)).await
 }
 
-pub(super) async fn delete_topic<M: SegmentMap>(
+pub(super) async fn delete_topic<I: Io>(
     req: Req,
+    shard: &Rc<Shard<I>>,
     shared: &Arc<Shared>,
     name: String,
-) -> Outgoing<M> {
+) -> Outgoing<I::Map> {
     if name.starts_with(INTERNAL_PREFIX) {
         return internal_refused(req, &name);
     }
     let (catalog, flow) = (shared.catalog.clone(), shared.flow.clone());
-    catalog_change(req, move || {
+    let topic = name.clone();
+    let deleted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done = deleted.clone();
+    let out = catalog_change(req, move || {
         let deleted = catalog.delete(&name);
         if deleted.is_ok() {
             flow.floors.topic_deleted(&name);
+            done.store(true, std::sync::atomic::Ordering::Release);
         }
         deleted
     })
-    .await
+    .await;
+    if deleted.load(std::sync::atomic::Ordering::Acquire) {
+        forget_offsets(shard, &topic).await;
+    }
+    out
+}
+
+/// Drops every group's committed offsets on a deleted topic, on every coordinator, as Kafka
+/// does: a topic created again under the name starts with no commits. A coordinator that cannot
+/// write its records now drops them when it next loads (see `Shard::coordinator`).
+async fn forget_offsets<I: Io>(shard: &Rc<Shard<I>>, topic: &str) {
+    let Some(n) = crate::shard::groups::offsets_partitions(&shard.topics()) else {
+        return;
+    };
+    for p in 0..n {
+        let owner = shard.owner(crate::group::OFFSETS_TOPIC, p);
+        let topic = topic.to_string();
+        let done = shard
+            .on_owner(owner, move |s| {
+                let s = s.clone();
+                async move { s.group_forget_topic(p, &topic).await }
+            })
+            .await;
+        if let Ok(Err(e)) | Err(e) = done {
+            tracing::warn!(partition = p, error = %e, "cannot drop offsets of a deleted topic now");
+        }
+    }
 }
 
 /// Internal topics are the broker's: clients read them, never change them.

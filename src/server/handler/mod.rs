@@ -115,7 +115,7 @@ pub(crate) async fn handle<I: Io>(
         Request::CreateTopic { name, config } => {
             Some(admin::create_topic(req, shared, name, config).await)
         }
-        Request::DeleteTopic { name } => Some(admin::delete_topic(req, shared, name).await),
+        Request::DeleteTopic { name } => Some(admin::delete_topic(req, shard, shared, name).await),
         Request::AlterTopic {
             name,
             partitions,
