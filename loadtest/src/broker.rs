@@ -132,6 +132,11 @@ impl Broker {
         Ok(broker)
     }
 
+    /// The process id of the broker this process started.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(std::process::Child::id)
+    }
+
     /// True when this process started the broker.
     pub fn is_owned(&self) -> bool {
         self.child.is_some()

@@ -4,6 +4,8 @@
 //! Scenarios:
 //! - `throughput`: produce and consume MB/s and msgs/s, ack latency per batch; with `--baseline`,
 //!   a raw TCP sink and source built on the same runtime and the same client socket.
+//! - `flash-sale`: a burst of buy requests drained by a pool of workers at the pace the stock
+//!   allows, on Levee, Redis Streams or NATS JetStream (`--target`), with a plot of the shaved peak.
 //! - `latency`: open-loop single messages at a fixed rate, ack and end-to-end latency measured
 //!   from each message's scheduled send time; or one in flight (`--one-in-flight`), compared with
 //!   a 64-byte TCP ping-pong (`--baseline`).
@@ -15,8 +17,11 @@
 mod baseline;
 mod broker;
 mod common;
+mod flash_sale;
 mod latency;
+mod plot;
 mod report;
+mod target;
 mod throughput;
 
 use clap::{Parser, Subcommand};
@@ -35,6 +40,8 @@ enum Scenario {
     Throughput(throughput::ThroughputArgs),
     /// Open-loop (or one-in-flight) single-message latency, optionally against a TCP ping-pong.
     Latency(latency::LatencyArgs),
+    /// A flash sale: a burst of orders shaved by a pool of workers, on Levee, Redis or NATS.
+    FlashSale(Box<flash_sale::FlashSaleArgs>),
 }
 
 fn main() -> std::process::ExitCode {
@@ -42,6 +49,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.scenario {
         Scenario::Throughput(args) => throughput::run(args),
         Scenario::Latency(args) => latency::run(args),
+        Scenario::FlashSale(args) => flash_sale::run(*args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -124,6 +124,44 @@ pub fn write_json<C: Serialize, R: Serialize>(
     std::fs::write(path, text + "\n").with_context(|| format!("cannot write {}", path.display()))
 }
 
+/// Writes `h` (recorded in ns) as an HdrHistogram percentile distribution in milliseconds, the
+/// text format HdrHistogram's plotters read.
+pub fn write_hgrm(path: &Path, h: &Histogram<u64>) -> anyhow::Result<()> {
+    use std::fmt::Write as _;
+    let mut out = String::from("       Value     Percentile TotalCount 1/(1-Percentile)\n\n");
+    let ms = |ns: u64| ns as f64 / 1e6;
+    let mut total = 0u64;
+    for v in h.iter_quantiles(5) {
+        total += v.count_since_last_iteration();
+        let q = v.quantile_iterated_to();
+        let inverse = if q < 1.0 {
+            format!("{:14.2}", 1.0 / (1.0 - q))
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            out,
+            "{:12.3} {:2.12} {:10} {inverse}",
+            ms(v.value_iterated_to()),
+            q,
+            total
+        );
+    }
+    let _ = writeln!(
+        out,
+        "#[Mean    = {:12.3}, StdDeviation   = {:12.3}]",
+        h.mean() / 1e6,
+        h.stdev() / 1e6
+    );
+    let _ = writeln!(
+        out,
+        "#[Max     = {:12.3}, Total count    = {:12}]",
+        ms(h.max()),
+        h.len()
+    );
+    std::fs::write(path, out).with_context(|| format!("cannot write {}", path.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

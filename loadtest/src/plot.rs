@@ -1,0 +1,188 @@
+//! SVG plots of a run's timeline (plotters): what a person looks at to see the peak being shaved.
+
+use std::path::Path;
+
+use anyhow::Context;
+use plotters::prelude::*;
+
+use crate::flash_sale::{FlashSaleArgs, FlashSaleResults};
+
+/// One colour per target, in run order.
+const COLOURS: [RGBColor; 4] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+];
+
+fn to_err<E: std::fmt::Display>(e: E) -> anyhow::Error {
+    anyhow::anyhow!("plotting: {e}")
+}
+
+/// Three panels over the same time axis: inbound (acknowledged) and drain (processed) rates on a
+/// log scale, the backlog between them, and the server's RssAnon — one colour per target, inbound
+/// solid and drain dashed.
+pub fn flash_sale(
+    path: &Path,
+    runs: &[FlashSaleResults],
+    args: &FlashSaleArgs,
+) -> anyhow::Result<()> {
+    let root = SVGBackend::new(path, (1100, 900)).into_drawing_area();
+    root.fill(&WHITE).map_err(to_err)?;
+    let title = format!(
+        "flash sale: {} users over {} ms, {} in stock, {} workers x {} ms, acks {:?}",
+        args.users,
+        args.burst_ms,
+        args.stock,
+        args.workers,
+        args.process_ms,
+        format!("{:?}", args.acks).to_lowercase()
+    );
+    let root = root.titled(&title, ("sans-serif", 22)).map_err(to_err)?;
+    let panels = root.split_evenly((3, 1));
+    let t_max = runs
+        .iter()
+        .flat_map(|r| r.timeline.last().map(|s| s.t_s))
+        .fold(1.0f64, f64::max);
+    let colour = |i: usize| COLOURS[i % COLOURS.len()];
+
+    // Rates, log scale: 100 000/s in the burst and 20/s while the stock lasts share one axis.
+    let rate_max = runs
+        .iter()
+        .flat_map(|r| r.timeline.iter())
+        .map(|s| s.inbound_per_s.max(s.drain_per_s))
+        .fold(10.0f64, f64::max);
+    let mut chart = ChartBuilder::on(&panels[0])
+        .caption(
+            "orders per second: acknowledged (solid) and processed (dashed)",
+            ("sans-serif", 16),
+        )
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0f64..t_max, (1f64..rate_max * 2.0).log_scale())
+        .map_err(to_err)?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds since the sale opened")
+        .y_desc("orders/s")
+        .draw()
+        .map_err(to_err)?;
+    for (i, r) in runs.iter().enumerate() {
+        let c = colour(i);
+        chart
+            .draw_series(LineSeries::new(
+                r.timeline.iter().map(|s| (s.t_s, s.inbound_per_s.max(1.0))),
+                c.stroke_width(2),
+            ))
+            .map_err(to_err)?
+            .label(format!("{} acknowledged", r.target))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+        chart
+            .draw_series(DashedLineSeries::new(
+                r.timeline.iter().map(|s| (s.t_s, s.drain_per_s.max(1.0))),
+                6,
+                4,
+                c.stroke_width(2),
+            ))
+            .map_err(to_err)?
+            .label(format!("{} processed", r.target))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 8, y)], c.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(to_err)?;
+
+    // Backlog.
+    let backlog_max = runs
+        .iter()
+        .flat_map(|r| r.timeline.iter())
+        .map(|s| s.backlog)
+        .max()
+        .unwrap_or(0)
+        .max(1) as f64;
+    let mut chart = ChartBuilder::on(&panels[1])
+        .caption(
+            "backlog: acknowledged, not yet processed",
+            ("sans-serif", 16),
+        )
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0f64..t_max, 0f64..backlog_max * 1.1)
+        .map_err(to_err)?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds since the sale opened")
+        .y_desc("orders")
+        .draw()
+        .map_err(to_err)?;
+    for (i, r) in runs.iter().enumerate() {
+        let c = colour(i);
+        chart
+            .draw_series(LineSeries::new(
+                r.timeline.iter().map(|s| (s.t_s, s.backlog as f64)),
+                c.stroke_width(2),
+            ))
+            .map_err(to_err)?
+            .label(r.target)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(to_err)?;
+
+    // The server's memory.
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    let rss_max = runs
+        .iter()
+        .flat_map(|r| r.timeline.iter())
+        .filter_map(|s| s.rss_anon_bytes)
+        .max()
+        .map_or(1.0, mib)
+        .max(1.0);
+    let mut chart = ChartBuilder::on(&panels[2])
+        .caption("server RssAnon", ("sans-serif", 16))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0f64..t_max, 0f64..rss_max * 1.1)
+        .map_err(to_err)?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds since the sale opened")
+        .y_desc("MiB")
+        .draw()
+        .map_err(to_err)?;
+    for (i, r) in runs.iter().enumerate() {
+        let c = colour(i);
+        chart
+            .draw_series(LineSeries::new(
+                r.timeline
+                    .iter()
+                    .filter_map(|s| s.rss_anon_bytes.map(|b| (s.t_s, mib(b)))),
+                c.stroke_width(2),
+            ))
+            .map_err(to_err)?
+            .label(r.target)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(to_err)?;
+    root.present()
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
