@@ -6,6 +6,8 @@
 //!   a raw TCP sink and source built on the same runtime and the same client socket.
 //! - `flash-sale`: a burst of buy requests drained by a pool of workers at the pace the stock
 //!   allows, on Levee, Redis Streams or NATS JetStream (`--target`), with a plot of the shaved peak.
+//! - `registration`: a sign-up's side effects (SMS, gift, retried on failures) done in the request
+//!   against through Levee with two groups and dead letters, latency the user sees side by side.
 //! - `latency`: open-loop single messages at a fixed rate, ack and end-to-end latency measured
 //!   from each message's scheduled send time; or one in flight (`--one-in-flight`), compared with
 //!   a 64-byte TCP ping-pong (`--baseline`).
@@ -20,6 +22,7 @@ mod common;
 mod flash_sale;
 mod latency;
 mod plot;
+mod registration;
 mod report;
 mod target;
 mod throughput;
@@ -42,6 +45,8 @@ enum Scenario {
     Latency(latency::LatencyArgs),
     /// A flash sale: a burst of orders shaved by a pool of workers, on Levee, Redis or NATS.
     FlashSale(Box<flash_sale::FlashSaleArgs>),
+    /// Sign-up side effects done synchronously against through Levee with two groups.
+    Registration(Box<registration::RegistrationArgs>),
 }
 
 fn main() -> std::process::ExitCode {
@@ -50,6 +55,7 @@ fn main() -> std::process::ExitCode {
         Scenario::Throughput(args) => throughput::run(args),
         Scenario::Latency(args) => latency::run(args),
         Scenario::FlashSale(args) => flash_sale::run(*args),
+        Scenario::Registration(args) => registration::run(*args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

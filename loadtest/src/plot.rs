@@ -5,6 +5,8 @@ use std::path::Path;
 use anyhow::Context;
 use plotters::prelude::*;
 
+use hdrhistogram::Histogram;
+
 use crate::flash_sale::{FlashSaleArgs, FlashSaleResults};
 
 /// One colour per target, in run order.
@@ -178,6 +180,85 @@ pub fn flash_sale(
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(to_err)?;
+    root.present()
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+/// Latency distributions (recorded in ns), HdrHistogram style: latency in ms on a log scale
+/// against the percentile on a "nines" scale (50 %, 90 %, 99 %, 99.9 % equally spaced).
+pub fn percentiles(
+    path: &Path,
+    title: &str,
+    series: &[(&str, &Histogram<u64>)],
+) -> anyhow::Result<()> {
+    let root = SVGBackend::new(path, (1100, 600)).into_drawing_area();
+    root.fill(&WHITE).map_err(to_err)?;
+    // x = log10(1 / (1 - q)): 0 at the minimum, 1 at 90 %, 2 at 99 %, 3 at 99.9 %.
+    let nines = |q: f64| (1.0 / (1.0 - q.min(0.99999))).log10();
+    let curves: Vec<Vec<(f64, f64)>> = series
+        .iter()
+        .map(|(_, h)| {
+            h.iter_quantiles(5)
+                .map(|v| {
+                    (
+                        nines(v.quantile_iterated_to()),
+                        (v.value_iterated_to() as f64 / 1e6).max(0.001),
+                    )
+                })
+                .collect()
+        })
+        .collect();
+    // As many nines as the samples can tell apart.
+    let most = series
+        .iter()
+        .map(|(_, h)| h.len())
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    let x_max = (most as f64).log10().ceil().clamp(2.0, 5.0);
+    let y_max = curves
+        .iter()
+        .flat_map(|c| c.iter().map(|p| p.1))
+        .fold(1.0f64, f64::max);
+    let y_min = curves
+        .iter()
+        .flat_map(|c| c.iter().map(|p| p.1))
+        .fold(y_max, f64::min)
+        .max(0.001);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 18))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0f64..x_max, (y_min / 2.0..y_max * 2.0).log_scale())
+        .map_err(to_err)?;
+    chart
+        .configure_mesh()
+        .x_desc("percentile")
+        .y_desc("latency (ms)")
+        .x_labels(x_max as usize + 1)
+        .x_label_formatter(&|x| {
+            let q = 1.0 - 10f64.powf(-x);
+            format!("{}%", (q * 100.0 * 1000.0).round() / 1000.0)
+        })
+        .draw()
+        .map_err(to_err)?;
+    for (i, ((name, _), curve)) in series.iter().zip(&curves).enumerate() {
+        let c = COLOURS[i % COLOURS.len()];
+        chart
+            .draw_series(LineSeries::new(curve.iter().copied(), c.stroke_width(2)))
+            .map_err(to_err)?
+            .label(*name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .draw()
