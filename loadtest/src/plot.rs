@@ -32,7 +32,7 @@ pub fn flash_sale(
     let root = SVGBackend::new(path, (1100, 900)).into_drawing_area();
     root.fill(&WHITE).map_err(to_err)?;
     let title = format!(
-        "flash sale: {} users over {} ms, {} in stock, {} workers x {} ms, acks {:?}",
+        "flash sale: {} users over {} ms, {} in stock, {} workers x {} ms, acks {}",
         args.users,
         args.burst_ms,
         args.stock,
@@ -47,6 +47,19 @@ pub fn flash_sale(
         .flat_map(|r| r.timeline.last().map(|s| s.t_s))
         .fold(1.0f64, f64::max);
     let colour = |i: usize| COLOURS[i % COLOURS.len()];
+    // Rates averaged over the last second: workers that each finish an item every 500 ms would
+    // otherwise draw a comb of 0s and peaks at a 100 ms sampling interval.
+    let window = (1000 / args.sample_ms.max(1)).max(1) as usize;
+    let smooth = |values: Vec<(f64, f64)>| -> Vec<(f64, f64)> {
+        (0..values.len())
+            .map(|i| {
+                let from = i.saturating_sub(window - 1);
+                let n = (i - from + 1) as f64;
+                let sum: f64 = values[from..=i].iter().map(|v| v.1).sum();
+                (values[i].0, (sum / n).max(1.0))
+            })
+            .collect()
+    };
 
     // Rates, log scale: 100 000/s in the burst and 20/s while the stock lasts share one axis.
     let rate_max = runs
@@ -56,7 +69,7 @@ pub fn flash_sale(
         .fold(10.0f64, f64::max);
     let mut chart = ChartBuilder::on(&panels[0])
         .caption(
-            "orders per second: acknowledged (solid) and processed (dashed)",
+            "orders per second, averaged over 1 s: acknowledged (solid) and processed (dashed)",
             ("sans-serif", 16),
         )
         .margin(10)
@@ -74,7 +87,12 @@ pub fn flash_sale(
         let c = colour(i);
         chart
             .draw_series(LineSeries::new(
-                r.timeline.iter().map(|s| (s.t_s, s.inbound_per_s.max(1.0))),
+                smooth(
+                    r.timeline
+                        .iter()
+                        .map(|s| (s.t_s, s.inbound_per_s))
+                        .collect(),
+                ),
                 c.stroke_width(2),
             ))
             .map_err(to_err)?
@@ -82,7 +100,7 @@ pub fn flash_sale(
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
         chart
             .draw_series(DashedLineSeries::new(
-                r.timeline.iter().map(|s| (s.t_s, s.drain_per_s.max(1.0))),
+                smooth(r.timeline.iter().map(|s| (s.t_s, s.drain_per_s)).collect()),
                 6,
                 4,
                 c.stroke_width(2),
