@@ -87,6 +87,12 @@ pub struct LatencyArgs {
     /// Write `{"scenario","config","results"}` here.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
+    /// Write HdrHistogram percentile distributions here (`ack.hgrm`, `e2e.hgrm`, `pingpong.hgrm`).
+    #[arg(long)]
+    pub hgrm: Option<std::path::PathBuf>,
+    /// Draw the latency distributions (ack, end-to-end, ping-pong) here (SVG).
+    #[arg(long)]
+    pub plot: Option<std::path::PathBuf>,
     /// The broker measured, and how it was started.
     #[command(flatten)]
     pub broker: BrokerArgs,
@@ -228,24 +234,30 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<()> {
         )?;
         let l = LatencyUs::from_histogram(&h).context("the ping-pong recorded nothing")?;
         report::print_latency("ping-pong (64 B)", Some(&l));
-        Some(l)
+        Some((l, h))
     } else {
         None
     };
 
     let broker = Broker::start(&args.broker)?;
     let topic = common::unique_topic("latency");
+    let bar = report::TimedBar::start(
+        Duration::from_secs_f64(args.warmup_s + args.duration_s),
+        "latency",
+    );
     let result = measure(&args, &broker, &topic, e2e);
+    drop(bar);
     if !broker.is_owned() {
         if let Ok(client) = Client::connect(&broker.addr, levee::client::ClientConfig::default()) {
             let _ = client.delete_topic(&topic);
         }
     }
     let stopped = broker.stop();
-    let mut results = result?;
+    let (mut results, mut histograms) = result?;
     stopped?;
     results.mode = mode;
-    if let Some(p) = pingpong {
+    if let Some((p, h)) = pingpong {
+        histograms.push(("pingpong", h));
         results.ack_p99_over_pingpong_p99 = results
             .ack_latency_us
             .and_then(|a| report::ratio(a.p99, p.p99));
@@ -272,6 +284,32 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<()> {
             p.p99
         );
     }
+    report::write_histograms(args.hgrm.as_deref(), &histograms)?;
+    if let Some(path) = &args.plot {
+        let series: Vec<(&str, &Histogram<u64>)> = histograms
+            .iter()
+            .map(|(name, h)| {
+                let label = match *name {
+                    "ack" => "ack (from the scheduled send)",
+                    "e2e" => "end to end",
+                    _ => "TCP ping-pong, 64 B (baseline)",
+                };
+                (label, h)
+            })
+            .collect();
+        let title = format!(
+            "latency: {mode}, {} B messages, acks {}{}",
+            args.message_bytes,
+            format!("{:?}", args.acks).to_lowercase(),
+            if args.one_in_flight {
+                String::new()
+            } else {
+                format!(", {} msg/s", args.rate)
+            }
+        );
+        crate::plot::percentiles(path, &title, &series)?;
+        eprintln!("plot written to {}", path.display());
+    }
     if let Some(path) = &args.json {
         report::write_json(
             path,
@@ -285,12 +323,15 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A named latency histogram (ns) for `--hgrm` and `--plot`.
+type Named = (&'static str, Histogram<u64>);
+
 fn measure(
     args: &LatencyArgs,
     broker: &Broker,
     topic: &str,
     e2e: bool,
-) -> anyhow::Result<LatencyResults> {
+) -> anyhow::Result<(LatencyResults, Vec<Named>)> {
     let client = common::setup_topic(&broker.addr, topic, 1, None, None)?;
     let acks: Acks = args.acks.into();
     let sender = match args.api {
@@ -329,7 +370,7 @@ fn measure(
         None
     };
 
-    let results = std::thread::scope(|s| -> anyhow::Result<LatencyResults> {
+    let results = std::thread::scope(|s| -> anyhow::Result<(LatencyResults, Vec<Named>)> {
         let (sent_tx, sent_rx) = mpsc::channel::<u64>();
         let consumer_thread = consumer.as_mut().map(|c| {
             let ctx = &ctx;
@@ -347,7 +388,7 @@ fn measure(
             None => None,
         };
         let o = outcome?;
-        Ok(LatencyResults {
+        let results = LatencyResults {
             produce_mb_s: None,
             consume_mb_s: None,
             ack_latency_us: LatencyUs::from_histogram(&o.ack),
@@ -359,7 +400,12 @@ fn measure(
             sent_msgs_s: report::per_s(o.measured, o.measured_for),
             pingpong_latency_us: None,
             ack_p99_over_pingpong_p99: None,
-        })
+        };
+        let mut histograms = vec![("ack", o.ack)];
+        if let Some(h) = e2e_hist {
+            histograms.push(("e2e", h));
+        }
+        Ok((results, histograms))
     })?;
     if let Sender::Producer(p) = &sender {
         p.close();

@@ -285,3 +285,57 @@ pub fn percentiles(
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
+
+/// Produce and consume MB/s over time, one line each.
+pub fn throughput(
+    path: &Path,
+    title: &str,
+    timeline: &[crate::throughput::RateSample],
+) -> anyhow::Result<()> {
+    let root = SVGBackend::new(path, (1100, 500)).into_drawing_area();
+    root.fill(&WHITE).map_err(to_err)?;
+    let t_max = timeline.last().map_or(1.0, |s| s.t_s).max(0.1);
+    let y_max = timeline
+        .iter()
+        .map(|s| s.produce_mb_s.max(s.consume_mb_s))
+        .fold(1.0f64, f64::max);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 16))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0f64..t_max, 0f64..y_max * 1.1)
+        .map_err(to_err)?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds")
+        .y_desc("MB/s (record bytes, 10^6)")
+        .draw()
+        .map_err(to_err)?;
+    type Metric = fn(&crate::throughput::RateSample) -> f64;
+    let lines: [(&str, Metric); 2] = [
+        ("produce", |s| s.produce_mb_s),
+        ("consume", |s| s.consume_mb_s),
+    ];
+    for (i, (name, value)) in lines.into_iter().enumerate() {
+        let c = COLOURS[i % COLOURS.len()];
+        chart
+            .draw_series(LineSeries::new(
+                timeline.iter().map(|s| (s.t_s, value(s))),
+                c.stroke_width(2),
+            ))
+            .map_err(to_err)?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(to_err)?;
+    root.present()
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}

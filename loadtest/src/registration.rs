@@ -616,12 +616,7 @@ pub fn run(args: RegistrationArgs) -> anyhow::Result<()> {
         std::fs::write(path, text + "\n")
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
-    if let Some(dir) = &args.hgrm {
-        std::fs::create_dir_all(dir)?;
-        for (name, h) in &histograms {
-            report::write_hgrm(&dir.join(format!("{name}.hgrm")), h)?;
-        }
-    }
+    report::write_histograms(args.hgrm.as_deref(), &histograms)?;
     if let Some(path) = &args.plot {
         let series: Vec<(&str, &Histogram<u64>)> = histograms
             .iter()

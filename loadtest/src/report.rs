@@ -162,6 +162,64 @@ pub fn write_hgrm(path: &Path, h: &Histogram<u64>) -> anyhow::Result<()> {
     std::fs::write(path, out).with_context(|| format!("cannot write {}", path.display()))
 }
 
+/// Writes each `(name, histogram)` as `DIR/name.hgrm` when `dir` is given.
+pub fn write_histograms(
+    dir: Option<&Path>,
+    histograms: &[(&str, Histogram<u64>)],
+) -> anyhow::Result<()> {
+    let Some(dir) = dir else {
+        return Ok(());
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    for (name, h) in histograms {
+        write_hgrm(&dir.join(format!("{name}.hgrm")), h)?;
+    }
+    Ok(())
+}
+
+/// A progress bar that fills with time, for scenarios that run for a set time; it stops and
+/// clears when dropped. Hidden when stderr is not a terminal.
+pub struct TimedBar {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ticker: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TimedBar {
+    /// A bar over `total`, labelled `what`.
+    pub fn start(total: Duration, what: &str) -> TimedBar {
+        let bar = indicatif::ProgressBar::new(total.as_millis() as u64);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{msg:>12} [{elapsed_precise}] {wide_bar} {percent}%",
+        ) {
+            bar.set_style(style);
+        }
+        bar.set_message(what.to_string());
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let started = std::time::Instant::now();
+        let ticker = std::thread::Builder::new()
+            .name("progress".into())
+            .spawn(move || {
+                while !flag.load(std::sync::atomic::Ordering::Acquire) {
+                    bar.set_position(started.elapsed().as_millis() as u64);
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                bar.finish_and_clear();
+            })
+            .ok();
+        TimedBar { stop, ticker }
+    }
+}
+
+impl Drop for TimedBar {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        if let Some(t) = self.ticker.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

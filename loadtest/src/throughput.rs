@@ -29,6 +29,7 @@
 //! a glommio sink, and the same number of bytes read raw from a glommio source (see `baseline`).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -57,6 +58,59 @@ pub enum Phases {
     Sequential,
     /// Produce and consume at the same time.
     Concurrent,
+}
+
+/// Record bytes acknowledged to the producers and served to the consumers so far in the
+/// measured phases: the sampler turns them into the timeline, the progress bar into progress.
+static PRODUCED_BYTES: AtomicU64 = AtomicU64::new(0);
+static CONSUMED_BYTES: AtomicU64 = AtomicU64::new(0);
+
+/// One point of the timeline.
+#[derive(Debug, Clone, Serialize)]
+pub struct RateSample {
+    /// Seconds since the measured phases started.
+    pub t_s: f64,
+    /// Record bytes produced per second over the last interval, MB = 10^6 bytes.
+    pub produce_mb_s: f64,
+    /// Record bytes consumed per second over the last interval.
+    pub consume_mb_s: f64,
+}
+
+/// Samples the byte counters every 100 ms until `done`, drawing progress on a bar when
+/// `expected_bytes` (both phases) is known.
+fn sample(done: &AtomicBool, expected_bytes: Option<u64>) -> Vec<RateSample> {
+    let bar = match expected_bytes {
+        Some(len) => indicatif::ProgressBar::new(len),
+        None => indicatif::ProgressBar::new_spinner(),
+    };
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "  throughput [{elapsed_precise}] {wide_bar} {binary_bytes}/{binary_total_bytes}",
+    ) {
+        if expected_bytes.is_some() {
+            bar.set_style(style);
+        }
+    }
+    let start = Instant::now();
+    let (mut prev, mut prev_t) = ((0u64, 0u64), start);
+    let mut out = Vec::new();
+    while !done.load(Ordering::Acquire) {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = Instant::now();
+        let cur = (
+            PRODUCED_BYTES.load(Ordering::Relaxed),
+            CONSUMED_BYTES.load(Ordering::Relaxed),
+        );
+        let dt = now.duration_since(prev_t).as_secs_f64().max(1e-6);
+        out.push(RateSample {
+            t_s: report::round2(now.duration_since(start).as_secs_f64()),
+            produce_mb_s: report::round2((cur.0 - prev.0) as f64 / 1e6 / dt),
+            consume_mb_s: report::round2((cur.1 - prev.1) as f64 / 1e6 / dt),
+        });
+        bar.set_position(cur.0 + cur.1);
+        (prev, prev_t) = (cur, now);
+    }
+    bar.finish_and_clear();
+    out
 }
 
 /// Arguments of `levee-loadtest throughput`.
@@ -117,6 +171,12 @@ pub struct ThroughputArgs {
     /// Write `{"scenario","config","results"}` here.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
+    /// Write the produce acks' HdrHistogram percentile distribution here (`produce-ack.hgrm`).
+    #[arg(long)]
+    pub hgrm: Option<std::path::PathBuf>,
+    /// Draw produce and consume MB/s over time here (SVG).
+    #[arg(long)]
+    pub plot: Option<std::path::PathBuf>,
     /// The broker measured, and how it was started.
     #[command(flatten)]
     pub broker: BrokerArgs,
@@ -153,6 +213,11 @@ pub struct ThroughputResults {
     pub fetches: u64,
     /// The same-run baselines, with `--baseline`.
     pub baseline: Option<ThroughputBaseline>,
+    /// Produce and consume MB/s every 100 ms over the measured phases.
+    pub timeline: Vec<RateSample>,
+    /// The produce acks' latency histogram (for `--hgrm`), not written to the JSON.
+    #[serde(skip)]
+    pub ack_histogram: Option<Histogram<u64>>,
 }
 
 /// The raw TCP figures and Levee's ratios to them.
@@ -298,6 +363,7 @@ fn run_producer(
         }
         messages += n as u64;
         record_bytes += run.len() as u64;
+        PRODUCED_BYTES.fetch_add(run.len() as u64, Ordering::Relaxed);
         batches += 1;
     }
     while let Some(oldest) = window.pop_front() {
@@ -464,6 +530,7 @@ impl ConsumerPlan {
         let (run, log_end) = common::fetch_result(&frame, r.partition)?;
         r.log_end = r.log_end.max(log_end);
         let mut held = 0u64;
+        let mut taken = 0u64;
         for record in Records::new(&frame.bytes()[run], protocol::FRAME_SIZE_MAX) {
             let record = record.with_context(|| format!("partition {}", r.partition))?;
             let offset = record.offset();
@@ -484,7 +551,9 @@ impl ConsumerPlan {
             r.position += 1;
             out.messages += 1;
             out.record_bytes += record.bytes.len() as u64;
+            taken += record.bytes.len() as u64;
         }
+        CONSUMED_BYTES.fetch_add(taken, Ordering::Relaxed);
         Ok(held)
     }
 }
@@ -580,6 +649,25 @@ pub fn run(args: ThroughputArgs) -> anyhow::Result<()> {
         });
     }
     print_results(&results);
+    if let Some(h) = results.ack_histogram.take() {
+        report::write_histograms(args.hgrm.as_deref(), &[("produce-ack", h)])?;
+    }
+    if let Some(path) = &args.plot {
+        crate::plot::throughput(
+            path,
+            &format!(
+                "throughput: {} producer(s), {} consumer(s), {} partition(s), {} B messages, acks {}, {} phases",
+                args.producers,
+                args.consumers,
+                args.partitions,
+                args.message_bytes,
+                format!("{:?}", args.acks).to_lowercase(),
+                format!("{:?}", args.phases).to_lowercase()
+            ),
+            &results.timeline,
+        )?;
+        eprintln!("plot written to {}", path.display());
+    }
     if let Some(path) = &args.json {
         report::write_json(
             path,
@@ -696,17 +784,8 @@ fn measure(
         args.visibility,
     )?;
     let addrs = common::partition_addrs(&client, &broker.addr, topic)?;
-    let acks: Acks = args.acks.into();
-    let concurrent = args.phases == Phases::Concurrent;
     let ends: Ends = Arc::new(OnceLock::new());
 
-    let consumer_plan = |deadline| ConsumerPlan {
-        topic: topic.to_string(),
-        fetch_bytes: args.fetch_bytes,
-        fetch_in_flight: args.fetch_in_flight,
-        records_per_fetch: (args.fetch_bytes as usize / batch.record_len).max(1) as u64,
-        deadline,
-    };
     let producer_conns = (0..args.producers)
         .map(|i| {
             let parts = producer_partitions(i, args.producers, args.partitions);
@@ -719,9 +798,66 @@ fn measure(
     } else {
         HashMap::new()
     };
+    // The timeline covers the measured phases only.
+    PRODUCED_BYTES.store(0, Ordering::Relaxed);
+    CONSUMED_BYTES.store(0, Ordering::Relaxed);
+    let sampling = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let done = sampling.clone();
+        let expected = (messages != u64::MAX).then(|| {
+            messages
+                .saturating_mul(batch.record_len as u64)
+                .saturating_mul(2)
+        });
+        std::thread::spawn(move || sample(&done, expected))
+    };
+    let measured = measure_phases(
+        args,
+        batch,
+        topic,
+        messages,
+        produce_for,
+        time_limit,
+        &client,
+        &addrs,
+        &producer_conns,
+        &starts,
+        &ends,
+    );
+    sampling.store(true, Ordering::Release);
+    let timeline = sampler.join().unwrap_or_default();
+    let mut results = measured?;
+    results.timeline = timeline;
+    Ok(results)
+}
+
+/// The measured produce and consume phases of [`measure`].
+#[allow(clippy::too_many_arguments)]
+fn measure_phases(
+    args: &ThroughputArgs,
+    batch: &Batch,
+    topic: &str,
+    messages: u64,
+    produce_for: Duration,
+    time_limit: Duration,
+    client: &levee::client::Client,
+    addrs: &HashMap<u32, String>,
+    producer_conns: &[ProducerConns],
+    starts: &HashMap<u32, u64>,
+    ends: &Ends,
+) -> anyhow::Result<ThroughputResults> {
+    let acks: Acks = args.acks.into();
+    let concurrent = args.phases == Phases::Concurrent;
+    let consumer_plan = |deadline| ConsumerPlan {
+        topic: topic.to_string(),
+        fetch_bytes: args.fetch_bytes,
+        fetch_in_flight: args.fetch_in_flight,
+        records_per_fetch: (args.fetch_bytes as usize / batch.record_len).max(1) as u64,
+        deadline,
+    };
     let consumer_parts = |j: u32| -> anyhow::Result<ConsumerParts> {
         let parts = consumer_partitions(j, args.consumers, args.partitions);
-        let conns = common::connections_for(&addrs, &parts)?;
+        let conns = common::connections_for(addrs, &parts)?;
         parts
             .iter()
             .map(|&p| {
@@ -758,13 +894,8 @@ fn measure(
                     .expect("spawn producer")
             })
             .collect();
-        let consumers = spawn_consumers(
-            s,
-            consumer_inputs,
-            || consumer_plan(deadline),
-            &ends,
-            &start,
-        );
+        let consumers =
+            spawn_consumers(s, consumer_inputs, || consumer_plan(deadline), ends, &start);
         start.wait();
         let t0 = Instant::now();
         let produced: Vec<ProducerOutcome> = producers
@@ -774,9 +905,9 @@ fn measure(
         let total: u64 = produced.iter().map(|p| p.messages).sum();
         let mut produce_end = produced.iter().map(|p| p.finished).max().unwrap_or(t0);
         if acks == Acks::None {
-            produce_end = settle(&client, topic, args.partitions, total)?;
+            produce_end = settle(client, topic, args.partitions, total)?;
         }
-        let _ = ends.set(log_ends(&client, topic, args.partitions)?);
+        let _ = ends.set(log_ends(client, topic, args.partitions)?);
         let consumed = join_consumers(consumers)?;
         let consume_elapsed = concurrent.then(|| t0.elapsed());
         anyhow::Ok((produced, consumed, produce_end - t0, consume_elapsed))
@@ -791,7 +922,7 @@ fn measure(
         let start = Barrier::new(inputs.len() + 1);
         std::thread::scope(|s| {
             let deadline = Instant::now() + time_limit;
-            let handles = spawn_consumers(s, inputs, || consumer_plan(deadline), &ends, &start);
+            let handles = spawn_consumers(s, inputs, || consumer_plan(deadline), ends, &start);
             start.wait();
             let t0 = Instant::now();
             let consumed = join_consumers(handles)?;
@@ -829,6 +960,8 @@ fn measure(
         consume_s: consume_elapsed.map(|e| report::round2(e.as_secs_f64() * 1000.0) / 1000.0),
         fetches: consumed.iter().map(|c| c.fetches).sum(),
         baseline: None,
+        timeline: Vec::new(),
+        ack_histogram: Some(latency),
     })
 }
 
