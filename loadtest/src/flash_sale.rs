@@ -220,7 +220,53 @@ impl Shop {
     }
 }
 
-/// What the producers' acknowledgement waiters gathered.
+/// What one producer connection's acknowledgement callbacks recorded.
+struct Seen {
+    latency: Mutex<Histogram<u64>>,
+    failed: AtomicU64,
+    done: AtomicU64,
+    last: Mutex<Option<Instant>>,
+}
+
+impl Default for Seen {
+    fn default() -> Self {
+        Seen {
+            latency: Mutex::new(report::latency_histogram()),
+            failed: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+            last: Mutex::new(None),
+        }
+    }
+}
+
+impl Seen {
+    /// An order's acknowledgement (or failure) arrived.
+    fn record(&self, shop: &Shop, user: u64, scheduled: Instant, result: anyhow::Result<()>) {
+        match result {
+            Ok(()) => {
+                let now = Instant::now();
+                if let Ok(mut h) = self.latency.lock() {
+                    report::record(&mut h, now.saturating_duration_since(scheduled));
+                }
+                if let Some(a) = shop.acked.get(user as usize) {
+                    a.store(true, Ordering::Release);
+                }
+                shop.acked_count.fetch_add(1, Ordering::Release);
+                if let Ok(mut last) = self.last.lock() {
+                    *last = last.max(Some(now));
+                }
+            }
+            Err(e) => {
+                if self.failed.fetch_add(1, Ordering::Relaxed) < 3 {
+                    eprintln!("order {user}: send failed: {e:#}");
+                }
+            }
+        }
+        self.done.fetch_add(1, Ordering::Release);
+    }
+}
+
+/// What the producers' acknowledgement callbacks gathered.
 struct Acks {
     latency: Histogram<u64>,
     failed: u64,
@@ -395,36 +441,10 @@ fn run_one(args: &FlashSaleArgs, kind: TargetKind) -> anyhow::Result<FlashSaleRe
                         .lock()
                         .map_err(|_| anyhow::anyhow!("poisoned"))?
                         .context("no start time")?;
-                    let (tx, rx) = mpsc::channel::<(u64, Instant, target::Ack)>();
-                    let waiter = std::thread::spawn(move || {
-                        let mut h = report::latency_histogram();
-                        let (mut failed, mut last) = (0u64, None);
-                        for (user, scheduled, ack) in rx {
-                            match ack() {
-                                Ok(()) => {
-                                    let now = Instant::now();
-                                    report::record(
-                                        &mut h,
-                                        now.saturating_duration_since(scheduled),
-                                    );
-                                    shop.acked[user as usize].store(true, Ordering::Release);
-                                    shop.acked_count.fetch_add(1, Ordering::Release);
-                                    last = Some(now);
-                                }
-                                Err(e) => {
-                                    if failed < 3 {
-                                        eprintln!("order {user}: send failed: {e:#}");
-                                    }
-                                    failed += 1;
-                                }
-                            }
-                        }
-                        if let Ok(mut a) = acks.lock() {
-                            a.latency.add(&h).ok();
-                            a.failed += failed;
-                            a.last = a.last.max(last);
-                        }
-                    });
+                    // Acknowledgements are recorded by callbacks, on whichever thread completes
+                    // them: no thread waits per send.
+                    let seen = Arc::new(Seen::default());
+                    let mut sent = 0u64;
                     let mut user = c as u64;
                     while user < users {
                         let at_ns = (user as f64 * gap_ns) as u64;
@@ -434,22 +454,25 @@ fn run_one(args: &FlashSaleArgs, kind: TargetKind) -> anyhow::Result<FlashSaleRe
                             std::thread::sleep(scheduled - now);
                         }
                         let order = encode_order(user, at_ns / 1000);
-                        match producer.send(user, &order) {
-                            Ok(ack) => {
-                                let _ = tx.send((user, scheduled, ack));
-                            }
-                            Err(e) => {
-                                let _ = tx.send((
-                                    user,
-                                    scheduled,
-                                    Box::new(move || Err(e)) as target::Ack,
-                                ));
-                            }
-                        }
+                        let (seen, shop) = (seen.clone(), shop.clone());
+                        producer.send(
+                            user,
+                            &order,
+                            Box::new(move |result| seen.record(&shop, user, scheduled, result)),
+                        );
+                        sent += 1;
                         user += connections;
                     }
-                    drop(tx);
-                    let _ = waiter.join();
+                    while seen.done.load(Ordering::Acquire) < sent {
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                    if let Ok(mut a) = acks.lock() {
+                        if let Ok(h) = seen.latency.lock() {
+                            a.latency.add(&*h).ok();
+                        }
+                        a.failed += seen.failed.load(Ordering::Acquire);
+                        a.last = a.last.max(seen.last.lock().ok().and_then(|l| *l));
+                    }
                     producer.close()
                 })
                 .context("cannot start a producer thread")

@@ -196,6 +196,19 @@ impl SendFuture {
         self.rx.wait().unwrap_or_else(|| Err(dropped()))
     }
 
+    /// Calls `callback` with the outcome once the record is acknowledged or has failed for good,
+    /// instead of waiting for it: at once on this thread if it already has, else on the client's
+    /// thread that completes it — so the callback must be quick and must not block (record the
+    /// outcome, hand it to a channel). One thread can then keep many sends in flight without a
+    /// waiting thread per send.
+    pub fn on_complete(
+        self,
+        callback: impl FnOnce(Result<RecordMetadata, ClientError>) + Send + 'static,
+    ) {
+        self.rx
+            .on_complete(move |v| callback(v.unwrap_or_else(|| Err(dropped()))));
+    }
+
     /// Blocks for at most `timeout`. On [`ClientError::Timeout`] the future is still usable.
     pub fn wait_timeout(&mut self, timeout: Duration) -> Result<RecordMetadata, ClientError> {
         match self.rx.wait_deadline(Instant::now() + timeout) {

@@ -501,6 +501,47 @@ fn given_acks_none_when_producing_should_register_no_pending_entry() {
 }
 
 #[test]
+fn given_sends_with_callbacks_when_acknowledged_should_call_each_once_with_its_offset() {
+    let broker = FakeBroker::start(&[("orders", 1)], |conn, header, request, _| {
+        if let Request::Produce(p) = request {
+            let b = &p.blocks[0];
+            conn.send(&produce_reply(
+                header.correlation_id,
+                &b.topic,
+                b.partition,
+                ErrorCode::None,
+                40,
+            ));
+        }
+        Flow::Continue
+    });
+    let client = Client::connect(&broker.addr(), test_config()).expect("client");
+    let producer = client
+        .producer(ProducerConfig {
+            linger_ms: 200,
+            ..ProducerConfig::default()
+        })
+        .expect("producer");
+    let (tx, rx) = std::sync::mpsc::channel();
+    for i in 0..3u64 {
+        let tx = tx.clone();
+        producer
+            .send(ProducerRecord::new("orders", format!("m{i}")).with_partition(0))
+            .on_complete(move |r| {
+                let _ = tx.send((i, r.map(|m| m.offset)));
+            });
+    }
+    drop(tx);
+    let mut got: Vec<(u64, Option<u64>)> = rx
+        .iter()
+        .map(|(i, r)| (i, r.expect("acknowledged")))
+        .collect();
+    got.sort();
+    assert_eq!(got, vec![(0, Some(40)), (1, Some(41)), (2, Some(42))]);
+    producer.close();
+}
+
+#[test]
 fn given_sends_within_linger_when_batched_should_share_one_produce_request() {
     let broker = FakeBroker::start(&[("orders", 2)], |conn, header, request, _| {
         if let Request::Produce(p) = request {

@@ -11,7 +11,7 @@ use levee::client::{
 };
 use levee::protocol::{Acks, TopicConfig};
 
-use super::{Ack, OrderProducer, OrderWorker, Target};
+use super::{Done, OrderProducer, OrderWorker, Target};
 use crate::broker::{Broker, BrokerArgs};
 use crate::common::{unique_topic, AcksArg};
 
@@ -112,15 +112,13 @@ struct LeveeProducer {
 }
 
 impl OrderProducer for LeveeProducer {
-    fn send(&mut self, key: u64, value: &[u8]) -> anyhow::Result<Ack> {
-        let future = self.producer.send(
-            ProducerRecord::new(self.topic.as_str(), value.to_vec())
-                .with_key(key.to_le_bytes().to_vec()),
-        );
-        Ok(Box::new(move || {
-            future.wait()?;
-            Ok(())
-        }))
+    fn send(&mut self, key: u64, value: &[u8], done: Done) {
+        self.producer
+            .send(
+                ProducerRecord::new(self.topic.as_str(), value.to_vec())
+                    .with_key(key.to_le_bytes().to_vec()),
+            )
+            .on_complete(move |r| done(r.map(drop).map_err(Into::into)));
     }
 
     fn close(self: Box<Self>) -> anyhow::Result<()> {

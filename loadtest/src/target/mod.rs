@@ -42,8 +42,9 @@ impl TargetKind {
     }
 }
 
-/// Blocks until one sent order is acknowledged as `--acks` says.
-pub type Ack = Box<dyn FnOnce() -> anyhow::Result<()> + Send>;
+/// Called once with a sent order's outcome, as `--acks` says, on whichever thread learns it
+/// first: it must be quick and must not block.
+pub type Done = Box<dyn FnOnce(anyhow::Result<()>) + Send>;
 
 /// A system under test, with the queue of one scenario run on it.
 pub trait Target: Send + Sync {
@@ -63,9 +64,9 @@ pub trait Target: Send + Sync {
 
 /// A producer on its own connection.
 pub trait OrderProducer: Send {
-    /// Sends one order keyed by `key` (the user); returns at once with its acknowledgement to
-    /// wait for (already complete for targets whose send is synchronous).
-    fn send(&mut self, key: u64, value: &[u8]) -> anyhow::Result<Ack>;
+    /// Sends one order keyed by `key` (the user) and calls `done` with its outcome: later, when
+    /// the acknowledgement comes, or before returning for targets whose send is synchronous.
+    fn send(&mut self, key: u64, value: &[u8], done: Done);
     /// Flushes and closes.
     fn close(self: Box<Self>) -> anyhow::Result<()>;
 }

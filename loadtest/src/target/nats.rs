@@ -15,7 +15,7 @@ use async_nats::jetstream::{self, consumer::PullConsumer};
 use futures_util::StreamExt;
 
 use super::{
-    free_port, wait_listening, Ack, ChildServer, OrderProducer, OrderWorker, Target, TargetArgs,
+    free_port, wait_listening, ChildServer, Done, OrderProducer, OrderWorker, Target, TargetArgs,
 };
 use crate::common::{unique_topic, AcksArg};
 
@@ -181,22 +181,32 @@ struct NatsProducer {
 }
 
 impl OrderProducer for NatsProducer {
-    fn send(&mut self, _key: u64, value: &[u8]) -> anyhow::Result<Ack> {
+    fn send(&mut self, _key: u64, value: &[u8], done: Done) {
         let payload = bytes::Bytes::copy_from_slice(value);
         if self.acks == AcksArg::None {
-            self.rt
-                .block_on(self.client.publish(self.subject.clone(), payload))?;
-            return Ok(Box::new(|| Ok(())));
+            let sent = self
+                .rt
+                .block_on(self.client.publish(self.subject.clone(), payload));
+            done(sent.map_err(|e| anyhow::anyhow!("publish: {e}")));
+            return;
         }
-        // The publish is on its way when this returns; the acknowledgement is awaited later.
-        let ack = self
+        // The publish is on its way when this returns; a task on the runtime awaits its
+        // acknowledgement.
+        match self
             .rt
-            .block_on(self.js.publish(self.subject.clone(), payload))?;
-        let rt = self.rt.clone();
-        Ok(Box::new(move || {
-            rt.block_on(std::future::IntoFuture::into_future(ack))?;
-            Ok(())
-        }))
+            .block_on(self.js.publish(self.subject.clone(), payload))
+        {
+            Ok(ack) => {
+                self.rt.spawn(async move {
+                    done(
+                        ack.await
+                            .map(drop)
+                            .map_err(|e| anyhow::anyhow!("publish ack: {e}")),
+                    );
+                });
+            }
+            Err(e) => done(Err(anyhow::anyhow!("publish: {e}"))),
+        }
     }
 
     fn close(self: Box<Self>) -> anyhow::Result<()> {

@@ -14,7 +14,7 @@ use redis::streams::{StreamReadOptions, StreamReadReply};
 use redis::Commands;
 
 use super::{
-    free_port, wait_listening, Ack, ChildServer, OrderProducer, OrderWorker, Target, TargetArgs,
+    free_port, wait_listening, ChildServer, Done, OrderProducer, OrderWorker, Target, TargetArgs,
 };
 use crate::common::{unique_topic, AcksArg};
 
@@ -138,9 +138,9 @@ struct RedisProducer {
 }
 
 impl OrderProducer for RedisProducer {
-    fn send(&mut self, key: u64, value: &[u8]) -> anyhow::Result<Ack> {
+    fn send(&mut self, key: u64, value: &[u8], done: Done) {
         // Synchronous: the answer is in when XADD returns.
-        redis::cmd("XADD")
+        let added = redis::cmd("XADD")
             .arg(&self.key)
             .arg("*")
             .arg("user")
@@ -148,8 +148,8 @@ impl OrderProducer for RedisProducer {
             .arg("order")
             .arg(value)
             .query::<String>(&mut self.con)
-            .context("XADD")?;
-        Ok(Box::new(|| Ok(())))
+            .context("XADD");
+        done(added.map(drop));
     }
 
     fn close(self: Box<Self>) -> anyhow::Result<()> {
