@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use anyhow::Context;
+use plotters::coord::CoordTranslate;
 use plotters::prelude::*;
 
 use hdrhistogram::Histogram;
@@ -19,6 +20,43 @@ const COLOURS: [RGBColor; 4] = [
 
 fn to_err<E: std::fmt::Display>(e: E) -> anyhow::Error {
     anyhow::anyhow!("plotting: {e}")
+}
+
+/// A solid line with its legend entry.
+fn line<'a, DB, CT>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    points: impl IntoIterator<Item = (f64, f64)>,
+    colour: RGBColor,
+    label: String,
+) -> anyhow::Result<()>
+where
+    DB: DrawingBackend + 'a,
+    CT: CoordTranslate<From = (f64, f64)>,
+{
+    chart
+        .draw_series(LineSeries::new(points, colour.stroke_width(2)))
+        .map_err(to_err)?
+        .label(label)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2)));
+    Ok(())
+}
+
+/// The legend box, at `at`.
+fn legend<'a, DB, CT>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    at: SeriesLabelPosition,
+) -> anyhow::Result<()>
+where
+    DB: DrawingBackend + 'a,
+    CT: CoordTranslate,
+{
+    chart
+        .configure_series_labels()
+        .position(at)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(to_err)
 }
 
 /// Three panels over the same time axis: inbound (acknowledged) and drain (processed) rates on a
@@ -85,19 +123,17 @@ pub fn flash_sale(
         .map_err(to_err)?;
     for (i, r) in runs.iter().enumerate() {
         let c = colour(i);
-        chart
-            .draw_series(LineSeries::new(
-                smooth(
-                    r.timeline
-                        .iter()
-                        .map(|s| (s.t_s, s.inbound_per_s))
-                        .collect(),
-                ),
-                c.stroke_width(2),
-            ))
-            .map_err(to_err)?
-            .label(format!("{} acknowledged", r.target))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+        line(
+            &mut chart,
+            smooth(
+                r.timeline
+                    .iter()
+                    .map(|s| (s.t_s, s.inbound_per_s))
+                    .collect(),
+            ),
+            c,
+            format!("{} acknowledged", r.target),
+        )?;
         chart
             .draw_series(DashedLineSeries::new(
                 smooth(r.timeline.iter().map(|s| (s.t_s, s.drain_per_s)).collect()),
@@ -109,13 +145,7 @@ pub fn flash_sale(
             .label(format!("{} processed", r.target))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 8, y)], c.stroke_width(2)));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(to_err)?;
+    legend(&mut chart, SeriesLabelPosition::UpperRight)?;
 
     // Backlog.
     let backlog_max = runs
@@ -143,22 +173,14 @@ pub fn flash_sale(
         .map_err(to_err)?;
     for (i, r) in runs.iter().enumerate() {
         let c = colour(i);
-        chart
-            .draw_series(LineSeries::new(
-                r.timeline.iter().map(|s| (s.t_s, s.backlog as f64)),
-                c.stroke_width(2),
-            ))
-            .map_err(to_err)?
-            .label(r.target)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+        line(
+            &mut chart,
+            r.timeline.iter().map(|s| (s.t_s, s.backlog as f64)),
+            c,
+            r.target.to_string(),
+        )?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(to_err)?;
+    legend(&mut chart, SeriesLabelPosition::UpperRight)?;
 
     // The server's memory.
     let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
@@ -184,24 +206,16 @@ pub fn flash_sale(
         .map_err(to_err)?;
     for (i, r) in runs.iter().enumerate() {
         let c = colour(i);
-        chart
-            .draw_series(LineSeries::new(
-                r.timeline
-                    .iter()
-                    .filter_map(|s| s.rss_anon_bytes.map(|b| (s.t_s, mib(b)))),
-                c.stroke_width(2),
-            ))
-            .map_err(to_err)?
-            .label(r.target)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+        line(
+            &mut chart,
+            r.timeline
+                .iter()
+                .filter_map(|s| s.rss_anon_bytes.map(|b| (s.t_s, mib(b)))),
+            c,
+            r.target.to_string(),
+        )?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(to_err)?;
+    legend(&mut chart, SeriesLabelPosition::UpperRight)?;
     root.present()
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
@@ -268,19 +282,9 @@ pub fn percentiles(
         .map_err(to_err)?;
     for (i, ((name, _), curve)) in series.iter().zip(&curves).enumerate() {
         let c = COLOURS[i % COLOURS.len()];
-        chart
-            .draw_series(LineSeries::new(curve.iter().copied(), c.stroke_width(2)))
-            .map_err(to_err)?
-            .label(*name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+        line(&mut chart, curve.iter().copied(), c, name.to_string())?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(to_err)?;
+    legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
     root.present()
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
@@ -319,22 +323,14 @@ pub fn throughput(
     ];
     for (i, (name, value)) in lines.into_iter().enumerate() {
         let c = COLOURS[i % COLOURS.len()];
-        chart
-            .draw_series(LineSeries::new(
-                timeline.iter().map(|s| (s.t_s, value(s))),
-                c.stroke_width(2),
-            ))
-            .map_err(to_err)?
-            .label(name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+        line(
+            &mut chart,
+            timeline.iter().map(|s| (s.t_s, value(s))),
+            c,
+            name.to_string(),
+        )?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(to_err)?;
+    legend(&mut chart, SeriesLabelPosition::UpperRight)?;
     root.present()
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())

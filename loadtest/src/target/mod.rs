@@ -139,6 +139,26 @@ pub struct ChildServer {
 }
 
 impl ChildServer {
+    /// Starts `program` on a free port of 127.0.0.1 with its data in a fresh temporary dir
+    /// (under `--data-dir` when given), `args` being its arguments for that dir and port, and
+    /// waits until it listens: the server and its address.
+    pub fn start(
+        program: &str,
+        parent: Option<&std::path::Path>,
+        args: impl FnOnce(&std::path::Path, u16) -> Vec<std::ffi::OsString>,
+    ) -> anyhow::Result<(ChildServer, String)> {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{program}-loadtest-"))
+            .tempdir_in(parent.map_or_else(std::env::temp_dir, std::path::Path::to_path_buf))?;
+        let port = free_port()?;
+        let mut cmd = std::process::Command::new(program);
+        cmd.args(args(dir.path(), port));
+        let server = ChildServer::spawn(cmd, dir)?;
+        let addr = format!("127.0.0.1:{port}");
+        wait_listening(&addr, Duration::from_secs(30))?;
+        Ok((server, addr))
+    }
+
     /// Spawns `cmd`, whose data lives in `dir`.
     pub fn spawn(mut cmd: std::process::Command, dir: tempfile::TempDir) -> anyhow::Result<Self> {
         let program = cmd.get_program().to_string_lossy().into_owned();

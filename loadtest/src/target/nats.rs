@@ -14,9 +14,7 @@ use anyhow::Context;
 use async_nats::jetstream::{self, consumer::PullConsumer};
 use futures_util::StreamExt;
 
-use super::{
-    free_port, wait_listening, ChildServer, Done, OrderProducer, OrderWorker, Target, TargetArgs,
-};
+use super::{ChildServer, Done, OrderProducer, OrderWorker, Target, TargetArgs};
 use crate::common::{unique_topic, AcksArg};
 
 /// The durable consumer the workers share.
@@ -51,23 +49,17 @@ impl NatsTarget {
                 acks,
             });
         }
-        let dir = tempfile::Builder::new()
-            .prefix("nats-loadtest-")
-            .tempdir_in(
-                args.broker
-                    .data_dir
-                    .clone()
-                    .unwrap_or_else(std::env::temp_dir),
-            )?;
-        let port = free_port()?;
-        let mut cmd = std::process::Command::new(&args.nats_bin);
-        cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(dir.path())
-            .arg("-l")
-            .arg(dir.path().join("nats-server.log"));
-        let server = ChildServer::spawn(cmd, dir)?;
-        let addr = format!("127.0.0.1:{port}");
-        wait_listening(&addr, Duration::from_secs(30))?;
+        let (server, addr) = ChildServer::start(
+            &args.nats_bin,
+            args.broker.data_dir.as_deref(),
+            |dir, port| {
+                let mut a: Vec<std::ffi::OsString> = vec!["-a".into(), "127.0.0.1".into()];
+                a.extend(["-p".into(), port.to_string().into(), "-js".into()]);
+                a.extend(["-sd".into(), dir.into()]);
+                a.extend(["-l".into(), dir.join("nats-server.log").into()]);
+                a
+            },
+        )?;
         eprintln!("started {} on {addr} (JetStream)", args.nats_bin);
         Ok(NatsTarget {
             server: Some(server),

@@ -13,9 +13,7 @@ use anyhow::Context;
 use redis::streams::{StreamReadOptions, StreamReadReply};
 use redis::Commands;
 
-use super::{
-    free_port, wait_listening, ChildServer, Done, OrderProducer, OrderWorker, Target, TargetArgs,
-};
+use super::{ChildServer, Done, OrderProducer, OrderWorker, Target, TargetArgs};
 use crate::common::{unique_topic, AcksArg};
 
 /// A Redis server and the run's stream.
@@ -39,35 +37,40 @@ impl RedisTarget {
                 group,
             });
         }
-        let dir = tempfile::Builder::new()
-            .prefix("redis-loadtest-")
-            .tempdir_in(
-                args.broker
-                    .data_dir
-                    .clone()
-                    .unwrap_or_else(std::env::temp_dir),
-            )?;
-        let port = free_port()?;
         let fsync = match acks {
             AcksArg::Durable => "always",
             AcksArg::Written | AcksArg::None => "no",
         };
-        let mut cmd = std::process::Command::new(&args.redis_bin);
-        cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-            .arg("--dir")
-            .arg(dir.path())
-            .args(["--save", "", "--appendonly", "yes", "--appendfsync", fsync])
-            .args([
-                "--protected-mode",
-                "no",
-                "--daemonize",
-                "no",
-                "--loglevel",
-                "warning",
-            ]);
-        let server = ChildServer::spawn(cmd, dir)?;
-        let addr = format!("127.0.0.1:{port}");
-        wait_listening(&addr, Duration::from_secs(30))?;
+        let (server, addr) = ChildServer::start(
+            &args.redis_bin,
+            args.broker.data_dir.as_deref(),
+            |dir, port| {
+                let mut a: Vec<std::ffi::OsString> = ["--bind", "127.0.0.1", "--port"]
+                    .iter()
+                    .map(Into::into)
+                    .collect();
+                a.push(port.to_string().into());
+                a.push("--dir".into());
+                a.push(dir.into());
+                for x in [
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "yes",
+                    "--appendfsync",
+                    fsync,
+                    "--protected-mode",
+                    "no",
+                    "--daemonize",
+                    "no",
+                    "--loglevel",
+                    "warning",
+                ] {
+                    a.push(x.into());
+                }
+                a
+            },
+        )?;
         eprintln!("started {} on {addr} (appendfsync {fsync})", args.redis_bin);
         Ok(RedisTarget {
             server: Some(server),
