@@ -216,6 +216,25 @@ fn find_levee_bin(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
             return Ok(c.clone());
         }
     }
+    // Run through `cargo run -p levee-loadtest` on a fresh clone: cargo built this package, not
+    // the `levee` binary beside it. Build it the same way (cargo names itself in $CARGO).
+    if let (Ok(cargo), Some(dir)) = (std::env::var("CARGO"), exe.parent()) {
+        let release = dir.file_name().is_some_and(|n| n == "release");
+        eprintln!("building the levee binary (`cargo build -p levee --bin levee`)");
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-p", "levee", "--bin", "levee"]);
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd
+            .status()
+            .context("cannot run cargo to build the levee binary")?;
+        if status.success() {
+            if let Some(c) = candidates.iter().find(|c| c.is_file()) {
+                return Ok(c.clone());
+            }
+        }
+    }
     bail!(
         "no levee binary found (looked at {candidates:?}); build it with \
          `cargo build --release --workspace --bins`, or set LEVEE_BIN or --levee-bin"
