@@ -151,10 +151,52 @@ impl Entry {
     }
 }
 
+/// Quotas by client id and by topic, apart, so that the hot path looks a block's two up by
+/// `&str` without building a key.
+#[derive(Debug, Default)]
+struct Table {
+    clients: BTreeMap<String, Entry>,
+    topics: BTreeMap<String, Entry>,
+}
+
+impl Table {
+    fn side(&mut self, entity: &Entity) -> &mut BTreeMap<String, Entry> {
+        match entity {
+            Entity::Client(_) => &mut self.clients,
+            Entity::Topic(_) => &mut self.topics,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.clients.is_empty() && self.topics.is_empty()
+    }
+
+    /// Every quota, clients first, by name.
+    fn list(&self) -> Vec<(Entity, Limits)> {
+        let clients = self
+            .clients
+            .iter()
+            .map(|(n, e)| (Entity::Client(n.clone()), e.limits));
+        let topics = self
+            .topics
+            .iter()
+            .map(|(n, e)| (Entity::Topic(n.clone()), e.limits));
+        clients.chain(topics).collect()
+    }
+
+    /// The entries that apply to traffic of `client` to or from `topic`.
+    fn applying(&mut self, client: &str, topic: &str) -> impl Iterator<Item = &mut Entry> {
+        self.clients
+            .get_mut(client)
+            .into_iter()
+            .chain(self.topics.get_mut(topic))
+    }
+}
+
 /// The quota table every shard shares.
 pub struct Quotas {
     path: Option<(PathBuf, Arc<dyn CatalogFs>)>,
-    table: Mutex<BTreeMap<Entity, Entry>>,
+    table: Mutex<Table>,
     /// Any quota set: the hot path skips the lock when none is.
     active: AtomicBool,
     /// Serialises changes with their file writes, so the file always matches the last change.
@@ -208,14 +250,15 @@ impl Quotas {
         {
             let mut table = quotas.table();
             for (entity, limits) in entries {
-                table.insert(entity, Entry::new(limits, now));
+                let name = entity.name().to_string();
+                table.side(&entity).insert(name, Entry::new(limits, now));
             }
             quotas.active.store(!table.is_empty(), Ordering::Release);
         }
         Ok(quotas)
     }
 
-    fn table(&self) -> std::sync::MutexGuard<'_, BTreeMap<Entity, Entry>> {
+    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
         self.table.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -247,12 +290,11 @@ impl Quotas {
             ));
         }
         let _writing = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
-        let limits = {
-            let table = self.table();
-            table
-                .get(&entity)
-                .map_or(change, |e| e.limits.merged(&change))
-        };
+        let limits = self
+            .table()
+            .side(&entity)
+            .get(entity.name())
+            .map_or(change, |e| e.limits.merged(&change));
         let mut all = self.list();
         all.retain(|(e, _)| *e != entity);
         all.push((entity.clone(), limits));
@@ -260,8 +302,10 @@ impl Quotas {
         let mut table = self.table();
         // Buckets keep their state when only a rate changes, so a change cannot reset a debt.
         let now = Instant::now();
+        let name = entity.name().to_string();
         let entry = table
-            .entry(entity)
+            .side(&entity)
+            .entry(name)
             .or_insert_with(|| Entry::new(limits, now));
         let rates = limits.as_array();
         for (slot, rate) in rates.iter().enumerate() {
@@ -292,17 +336,14 @@ impl Quotas {
         }
         self.persist(&all)?;
         let mut table = self.table();
-        table.remove(entity);
+        table.side(entity).remove(entity.name());
         self.active.store(!table.is_empty(), Ordering::Release);
         Ok(true)
     }
 
     /// Every quota, clients first, by name.
     pub fn list(&self) -> Vec<(Entity, Limits)> {
-        self.table()
-            .iter()
-            .map(|(e, entry)| (e.clone(), entry.limits))
-            .collect()
+        self.table().list()
     }
 
     fn persist(&self, all: &[(Entity, Limits)]) -> Result<(), QuotaError> {
@@ -329,31 +370,33 @@ impl Quotas {
         }
         let now = Instant::now();
         let mut table = self.table();
-        let mut wait = 0;
-        for entity in [
-            Entity::Client(client.to_string()),
-            Entity::Topic(topic.to_string()),
-        ] {
-            if let Some(entry) = table.get_mut(&entity) {
-                wait = wait.max(entry.wait_ms(dir, now));
-            }
-        }
-        wait
+        table
+            .applying(client, topic)
+            .map(|e| e.wait_ms(dir, now))
+            .max()
+            .unwrap_or(0)
     }
 
     /// Admits a block of `bytes` if no bucket that applies is in debt, charging its bytes;
-    /// otherwise returns how long to wait.
+    /// otherwise returns how long to wait. One look at the table for both.
     pub fn admit(&self, dir: Direction, client: &str, topic: &str, bytes: u64) -> Result<(), u32> {
         if !self.active.load(Ordering::Acquire) {
             return Ok(());
         }
-        match self.wait_ms(dir, client, topic) {
-            0 => {
-                self.charge(dir, client, topic, bytes, 0);
-                Ok(())
-            }
-            wait => Err(wait),
+        let now = Instant::now();
+        let mut table = self.table();
+        let wait = table
+            .applying(client, topic)
+            .map(|e| e.wait_ms(dir, now))
+            .max()
+            .unwrap_or(0);
+        if wait > 0 {
+            return Err(wait);
         }
+        for e in table.applying(client, topic) {
+            e.charge(dir.slots().0, bytes);
+        }
+        Ok(())
     }
 
     /// Charges `bytes` and `messages` of traffic in direction `dir` to the buckets of `client`
@@ -363,15 +406,9 @@ impl Quotas {
             return;
         }
         let (b, m) = dir.slots();
-        let mut table = self.table();
-        for entity in [
-            Entity::Client(client.to_string()),
-            Entity::Topic(topic.to_string()),
-        ] {
-            if let Some(entry) = table.get_mut(&entity) {
-                entry.charge(b, bytes);
-                entry.charge(m, messages);
-            }
+        for entry in self.table().applying(client, topic) {
+            entry.charge(b, bytes);
+            entry.charge(m, messages);
         }
     }
 }
