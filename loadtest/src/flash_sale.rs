@@ -62,6 +62,10 @@ pub struct FlashSaleArgs {
     /// Sampling interval of the timeline (rates, backlog, RssAnon).
     #[arg(long, default_value_t = 100)]
     pub sample_ms: u64,
+    /// Threads that issue the orders on schedule, each driving its share of the connections.
+    /// [default: one per connection where a send blocks until answered (redis); else 1]
+    #[arg(long)]
+    pub pacers: Option<usize>,
     #[command(flatten)]
     #[serde(flatten)]
     pub target: TargetArgs,
@@ -412,8 +416,19 @@ fn run_one(args: &FlashSaleArgs, kind: TargetKind) -> anyhow::Result<FlashSaleRe
     // Let a rebalance triggered by the last joins settle.
     std::thread::sleep(Duration::from_millis(500));
 
-    // Producers: each with its own connection and an acknowledgement waiter.
-    let barrier = Arc::new(Barrier::new(args.connections + 1));
+    // Producers: each on its own connection, driven by a pacer thread that issues its share
+    // of the orders at their scheduled times. Where a send returns before its answer, one
+    // pacer drives many connections, so the generator spends its CPU on the sends rather than
+    // on waking a sleeping thread per order.
+    let pacers = args
+        .pacers
+        .unwrap_or(if target.send_blocks() {
+            args.connections
+        } else {
+            1
+        })
+        .clamp(1, args.connections);
+    let barrier = Arc::new(Barrier::new(pacers + 1));
     let base_cell = Arc::new(Mutex::new(None::<Instant>));
     let acks = Arc::new(Mutex::new(Acks {
         latency: report::latency_histogram(),
@@ -421,8 +436,8 @@ fn run_one(args: &FlashSaleArgs, kind: TargetKind) -> anyhow::Result<FlashSaleRe
         last: None,
     }));
     let gap_ns = (args.burst_ms as f64 * 1e6) / args.users as f64;
-    let producers: Vec<_> = (0..args.connections)
-        .map(|c| {
+    let producers: Vec<_> = (0..pacers)
+        .map(|p| {
             let (target, barrier, base_cell, acks, shop) = (
                 target.clone(),
                 barrier.clone(),
@@ -430,13 +445,18 @@ fn run_one(args: &FlashSaleArgs, kind: TargetKind) -> anyhow::Result<FlashSaleRe
                 acks.clone(),
                 shop.clone(),
             );
-            let (users, connections) = (args.users, args.connections as u64);
+            let (users, connections) = (args.users, args.connections);
             std::thread::Builder::new()
-                .name(format!("producer-{c}"))
+                .name(format!("pacer-{p}"))
                 .spawn(move || -> anyhow::Result<()> {
-                    let producer = target.producer();
+                    // Connection c belongs to pacer c % pacers, at index c / pacers; user u
+                    // orders on connection u % connections.
+                    let mine: anyhow::Result<Vec<_>> = (p..connections)
+                        .step_by(pacers)
+                        .map(|_| target.producer())
+                        .collect();
                     barrier.wait();
-                    let mut producer = producer?;
+                    let mut mine = mine?;
                     let base = base_cell
                         .lock()
                         .map_err(|_| anyhow::anyhow!("poisoned"))?
@@ -445,8 +465,11 @@ fn run_one(args: &FlashSaleArgs, kind: TargetKind) -> anyhow::Result<FlashSaleRe
                     // them: no thread waits per send.
                     let seen = Arc::new(Seen::default());
                     let mut sent = 0u64;
-                    let mut user = c as u64;
-                    while user < users {
+                    for user in 0..users {
+                        let connection = (user % connections as u64) as usize;
+                        if connection % pacers != p {
+                            continue;
+                        }
                         let at_ns = (user as f64 * gap_ns) as u64;
                         let scheduled = base + Duration::from_nanos(at_ns);
                         let now = Instant::now();
@@ -455,13 +478,12 @@ fn run_one(args: &FlashSaleArgs, kind: TargetKind) -> anyhow::Result<FlashSaleRe
                         }
                         let order = encode_order(user, at_ns / 1000);
                         let (seen, shop) = (seen.clone(), shop.clone());
-                        producer.send(
+                        mine[connection / pacers].send(
                             user,
                             &order,
                             Box::new(move |result| seen.record(&shop, user, scheduled, result)),
                         );
                         sent += 1;
-                        user += connections;
                     }
                     while seen.done.load(Ordering::Acquire) < sent {
                         std::thread::sleep(Duration::from_millis(2));
@@ -473,9 +495,9 @@ fn run_one(args: &FlashSaleArgs, kind: TargetKind) -> anyhow::Result<FlashSaleRe
                         a.failed += seen.failed.load(Ordering::Acquire);
                         a.last = a.last.max(seen.last.lock().ok().and_then(|l| *l));
                     }
-                    producer.close()
+                    mine.into_iter().try_for_each(|producer| producer.close())
                 })
-                .context("cannot start a producer thread")
+                .context("cannot start a pacer thread")
         })
         .collect::<anyhow::Result<_>>()?;
 
@@ -530,7 +552,7 @@ fn run_one(args: &FlashSaleArgs, kind: TargetKind) -> anyhow::Result<FlashSaleRe
             sending = false;
             for t in producers.take().into_iter().flatten() {
                 t.join()
-                    .map_err(|_| anyhow::anyhow!("a producer thread panicked"))??;
+                    .map_err(|_| anyhow::anyhow!("a pacer thread panicked"))??;
             }
             bar.set_length(shop.acked_count.load(Ordering::Acquire));
             bar.set_message(format!("{} processing", kind.name()));

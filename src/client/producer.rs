@@ -9,6 +9,11 @@
 //!                               └─ retriable error: back to the front of the ready queue
 //! ```
 //!
+//! A batch is sealed when it reaches `batch_bytes`, or once `linger_ms` has passed *and* its
+//! partition has a free in-flight slot: while every slot is taken, records keep joining the open
+//! batch, so a slow round trip turns into bigger batches rather than a queue of one-record ones
+//! (with `linger_ms = 0` that is the only batching there is).
+//!
 //! Memory is bounded by `buffer_bytes`: a record's bytes count from `send` until its batch is
 //! acknowledged or failed (a retry needs them), and `send` blocks — for at most `max_block_ms` —
 //! rather than let the buffer grow. Responses are handled by a callback on the connection's reader
@@ -52,7 +57,8 @@ pub const IDEMPOTENT_IN_FLIGHT_MAX: usize = 5;
 pub struct ProducerConfig {
     /// What to wait for before a send counts as done. Default `Durable` (CONTRACT.md).
     pub acks: Acks,
-    /// How long a partition's first queued record waits for others to join its batch. Default 5.
+    /// How long a partition's first queued record waits for others to join its batch; past it,
+    /// the batch still takes records until the partition has a free in-flight slot. Default 5.
     pub linger_ms: u64,
     /// A batch is sent as soon as it holds this many bytes of records. Default 1 MiB. A single
     /// larger record is sent alone.
@@ -427,6 +433,9 @@ struct State {
     outstanding: BTreeSet<u64>,
     /// Callers inside `flush`: while any, batches are sealed without waiting for `linger_ms`.
     flushing: usize,
+    /// Callers waiting on `Shared::space` (blocked sends and flushes): completions wake them
+    /// only when there is someone to wake.
+    space_waiters: usize,
     closing: bool,
     worker_gone: bool,
     /// Rotates the first sticky partition of each topic, so producers do not all start on 0.
@@ -625,11 +634,13 @@ impl Producer {
                     timeout_ms: s.config.max_block_ms,
                 });
             }
+            st.space_waiters += 1;
             st = s
                 .space
                 .wait_timeout(st, deadline - now)
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
+            st.space_waiters -= 1;
         }
         let seq = st.next_seq;
         st.next_seq += 1;
@@ -651,13 +662,16 @@ impl Producer {
         };
         let (tx, rx) = oneshot::channel();
         let q = tq.partitions.entry(partition).or_default();
+        let mut sealed = false;
         if q.open
             .as_ref()
             .is_some_and(|b| b.run.len() + size > s.config.batch_bytes)
         {
             tq.seal(partition);
+            sealed = true;
         }
         let q = tq.partitions.entry(partition).or_default();
+        let opened = q.open.is_none();
         let now = Instant::now();
         let batch = q.open.get_or_insert_with(|| Batch {
             topic: record.topic,
@@ -675,11 +689,14 @@ impl Producer {
         batch.entries.push(Entry { seq, tx });
         if batch.run.len() >= s.config.batch_bytes {
             tq.seal(partition);
+            sealed = true;
         }
         drop(st);
         // The sender thread computes its next wake-up from the open batches, so it must hear of
-        // every new or sealed batch.
-        s.work.notify_one();
+        // every new or sealed batch; a record joining an open batch changes neither.
+        if opened || sealed {
+            s.work.notify_one();
+        }
         Ok(rx)
     }
 
@@ -709,6 +726,7 @@ impl Producer {
         let mut st = lock(&s.state);
         let target = st.next_seq;
         st.flushing += 1;
+        st.space_waiters += 1;
         s.work.notify_one();
         let mut result = Ok(());
         while st.outstanding.first().is_some_and(|&seq| seq < target) {
@@ -731,6 +749,7 @@ impl Producer {
             };
         }
         st.flushing -= 1;
+        st.space_waiters -= 1;
         result
     }
 
@@ -800,8 +819,16 @@ fn worker_main(shared: Arc<Shared>) {
                         .filter_map(|(&p, q)| {
                             let open = q.open.as_ref()?;
                             let at = open.created + linger;
-                            if force || at <= now {
+                            if force {
                                 Some(p)
+                            } else if at <= now {
+                                // Kept open while the partition has no slot: records that
+                                // come meanwhile join it, so a slow round trip makes bigger
+                                // batches rather than a queue of one-record ones (a freed
+                                // slot wakes this thread). Only `batch_bytes` seals it then.
+                                let blocked =
+                                    q.in_flight >= s.config.max_in_flight || !q.ready.is_empty();
+                                (!blocked).then_some(p)
                             } else {
                                 wake_at = Some(wake_at.map_or(at, |w| w.min(at)));
                                 None
@@ -1078,19 +1105,17 @@ fn complete_now(
         entry.tx.send(result);
     }
     let mut st = lock(&shared.state);
+    // The sender thread has something new to do only if this partition has records waiting
+    // (for the slot or the window this frees, or for a new producer id), or a flush or close
+    // is under way; otherwise waking it would cost a context switch per batch for nothing.
+    let mut wake_worker = st.closing || st.flushing > 0;
     if let Some(q) = st
         .topics
         .get_mut(&topic)
         .and_then(|tq| tq.partitions.get_mut(&partition))
     {
         q.pending.remove(&ordinal);
-    }
-    if slot == Slot::InFlight {
-        if let Some(q) = st
-            .topics
-            .get_mut(&topic)
-            .and_then(|tq| tq.partitions.get_mut(&partition))
-        {
+        if slot == Slot::InFlight {
             q.in_flight = q.in_flight.saturating_sub(1);
             // A hole in the partition's sequence, or a batch the broker may hold: either way
             // the next batch cannot follow on in sequence.
@@ -1098,14 +1123,20 @@ fn complete_now(
                 q.broken = true;
             }
         }
+        wake_worker |= q.open.is_some() || !q.ready.is_empty() || q.broken;
     }
     st.buffered_bytes = st.buffered_bytes.saturating_sub(run.len());
     for seq in seqs {
         st.outstanding.remove(&seq);
     }
+    let wake_space = st.space_waiters > 0;
     drop(st);
-    shared.space.notify_all();
-    shared.work.notify_one();
+    if wake_space {
+        shared.space.notify_all();
+    }
+    if wake_worker {
+        shared.work.notify_one();
+    }
 }
 
 fn retry_backoff(config: &ProducerConfig, attempt: u32) -> Duration {

@@ -588,6 +588,47 @@ fn given_sends_within_linger_when_batched_should_share_one_produce_request() {
 }
 
 #[test]
+fn given_no_free_slot_when_linger_is_zero_should_gather_the_waiting_records_into_one_batch() {
+    // The first batch's answer is held until the test opens the gate, so the partition's only
+    // slot stays taken while nine more records arrive.
+    let gate = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let for_handler = gate.clone();
+    let broker = FakeBroker::start(&[("t", 1)], move |conn, header, request, _| {
+        if let Request::Produce(_) = request {
+            let deadline = Instant::now() + TEST_WAIT;
+            while !for_handler.load(Ordering::Acquire) && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(1));
+            }
+            let reply = produce_reply(header.correlation_id, "t", 0, ErrorCode::None, 0);
+            conn.send(&reply);
+        }
+        Flow::Continue
+    });
+    let client = Client::connect(&broker.addr(), test_config()).expect("client");
+    let producer = client
+        .producer(ProducerConfig {
+            linger_ms: 0,
+            max_in_flight: 1,
+            ..ProducerConfig::default()
+        })
+        .expect("producer");
+    let mut sends = vec![producer.send(ProducerRecord::new("t", b"first".to_vec()))];
+    broker.wait_for(1, is_produce);
+    for i in 0..9 {
+        sends.push(producer.send(ProducerRecord::new("t", format!("waiting {i}"))));
+    }
+    gate.store(true, Ordering::Release);
+    for mut send in sends {
+        send.wait_timeout(TEST_WAIT).expect("acknowledged");
+    }
+    assert_eq!(
+        broker.produces(),
+        vec![(Acks::Durable, vec![1]), (Acks::Durable, vec![9])]
+    );
+    producer.close();
+}
+
+#[test]
 fn given_keyed_records_when_sent_should_land_on_the_hashed_partition() {
     let broker = FakeBroker::start(&[("keys", 5)], |conn, header, request, _| {
         if let Request::Produce(p) = request {

@@ -55,6 +55,11 @@ pub trait Target: Send + Sync {
     /// One member of the workers' group; `index` names it; it takes at most `batch` orders per
     /// poll.
     fn worker(&self, index: usize, batch: usize) -> anyhow::Result<Box<dyn OrderWorker>>;
+    /// Whether a producer's `send` blocks until the order is answered (a synchronous client):
+    /// then each connection needs a thread of its own to keep to the schedule.
+    fn send_blocks(&self) -> bool {
+        false
+    }
     /// The server process this run started (its RssAnon is sampled), if any.
     fn server_pid(&self) -> Option<u32>;
     /// Stops the server this run started and removes its data (a server given with `--broker`

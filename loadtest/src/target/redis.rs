@@ -119,6 +119,11 @@ impl Target for RedisTarget {
         }))
     }
 
+    fn send_blocks(&self) -> bool {
+        // The `redis` crate's synchronous connection: XADD returns with its answer.
+        true
+    }
+
     fn server_pid(&self) -> Option<u32> {
         self.server.as_ref().map(ChildServer::pid)
     }
