@@ -8,6 +8,9 @@
 //! - **Raw source** (consume): the server writes a 1 MiB buffer over and over until it has sent the
 //!   asked-for bytes; the client reads into a 1 MiB buffer until EOF.
 //! - **Echo** (latency): 64-byte ping-pong, one in flight.
+//! - **Echo streams** (flash-sale): many connections, each echoing every byte it reads, so the
+//!   sale's schedule can be played over raw TCP with the same thread layout as the Levee client
+//!   (a pacer writes, a reader thread per connection): the floor of the sale's shape here.
 //!
 //! Every server serves a fixed number of connections, each loop ends at EOF or after a fixed byte
 //! or round count, and every socket has a timeout: a baseline cannot hang the run.
@@ -170,6 +173,38 @@ pub fn echo(rounds: u64) -> anyhow::Result<Server<u64>> {
             done += 1;
         }
         Ok(done)
+    })
+}
+
+/// Starts an echo server for `connections` streams that writes back every byte it reads, until
+/// each client closes; `join` returns the bytes echoed.
+pub fn echo_streams(connections: usize) -> anyhow::Result<Server<u64>> {
+    spawn_server("echo-streams", move |listener| async move {
+        let mut tasks = Vec::with_capacity(connections);
+        for _ in 0..connections {
+            let mut stream = accept(&listener).await?;
+            tasks.push(glommio::spawn_local(async move {
+                let mut buf = vec![0u8; 64 << 10];
+                let mut total = 0u64;
+                loop {
+                    let n = match stream.read(&mut buf).await {
+                        Ok(0) => return Ok(total),
+                        Ok(n) => n,
+                        Err(e) => return Err(format!("echo read: {e}")),
+                    };
+                    stream
+                        .write_all(&buf[..n])
+                        .await
+                        .map_err(|e| format!("echo write: {e}"))?;
+                    total += n as u64;
+                }
+            }));
+        }
+        let mut total = 0;
+        for t in tasks {
+            total += t.await?;
+        }
+        Ok(total)
     })
 }
 

@@ -13,6 +13,7 @@
 //! its schedule shows it (no coordinated omission). The target's server process is sampled for its
 //! RssAnon. See loadtest/README.md for the figures and the JSON schema.
 
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Barrier, Mutex};
@@ -22,6 +23,7 @@ use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::baseline;
 use crate::common::AcksArg;
 use crate::report::{self, LatencyUs};
 use crate::target::{self, TargetArgs, TargetKind};
@@ -66,6 +68,11 @@ pub struct FlashSaleArgs {
     /// [default: one per connection where a send blocks until answered (redis); else 1]
     #[arg(long)]
     pub pacers: Option<usize>,
+    /// First play the sale's schedule over raw TCP to a minimal echo server, with the same
+    /// pacers and a reader thread per connection (as the Levee client has): the floor of the
+    /// sale's shape on this machine, reported as `baseline_ack_latency_us`.
+    #[arg(long)]
+    pub baseline: bool,
     #[command(flatten)]
     #[serde(flatten)]
     pub target: TargetArgs,
@@ -142,6 +149,8 @@ struct FlashSaleReport<'a> {
     config: &'a FlashSaleArgs,
     results: &'a FlashSaleResults,
     targets: &'a [FlashSaleResults],
+    /// With `--baseline`: the echo round trip of each order at the sale's shape.
+    baseline_ack_latency_us: Option<&'a LatencyUs>,
 }
 
 /// An order on the wire: the user and its scheduled send time (µs after the sale opened).
@@ -270,6 +279,148 @@ impl Seen {
     }
 }
 
+/// The sale's send schedule: `users` orders evenly over `--burst-ms`, user `u` on connection
+/// `u % connections`, connection `c` driven by pacer `c % pacers` (as its `c / pacers`-th).
+#[derive(Debug, Clone)]
+struct Schedule {
+    users: u64,
+    connections: usize,
+    pacers: usize,
+    gap_ns: f64,
+}
+
+impl Schedule {
+    fn new(args: &FlashSaleArgs, pacers: usize) -> Schedule {
+        Schedule {
+            users: args.users,
+            connections: args.connections,
+            pacers: pacers.clamp(1, args.connections),
+            gap_ns: (args.burst_ms as f64 * 1e6) / args.users as f64,
+        }
+    }
+
+    /// How many connections pacer `p` drives.
+    fn connections_of(&self, p: usize) -> usize {
+        (p..self.connections).step_by(self.pacers).count()
+    }
+
+    /// How many orders connection `c` carries.
+    fn orders_on(&self, c: usize) -> u64 {
+        let c = c as u64;
+        if c >= self.users {
+            0
+        } else {
+            (self.users - 1 - c) / self.connections as u64 + 1
+        }
+    }
+
+    /// Pacer `p`'s share of the sale, from `base`: `send(local connection, user, scheduled
+    /// time, encoded order)` at each order's scheduled time (at once when late). Returns the
+    /// orders sent.
+    fn play(
+        &self,
+        p: usize,
+        base: Instant,
+        mut send: impl FnMut(usize, u64, Instant, [u8; 16]) -> anyhow::Result<()>,
+    ) -> anyhow::Result<u64> {
+        let mut sent = 0u64;
+        for user in 0..self.users {
+            let connection = (user % self.connections as u64) as usize;
+            if connection % self.pacers != p {
+                continue;
+            }
+            let at_ns = (user as f64 * self.gap_ns) as u64;
+            let scheduled = base + Duration::from_nanos(at_ns);
+            let now = Instant::now();
+            if scheduled > now {
+                std::thread::sleep(scheduled - now);
+            }
+            send(
+                connection / self.pacers,
+                user,
+                scheduled,
+                encode_order(user, at_ns / 1000),
+            )?;
+            sent += 1;
+        }
+        Ok(sent)
+    }
+}
+
+/// The sale's schedule played over raw TCP to an echo server ([`baseline::echo_streams`]): the
+/// same pacers, and a reader thread per connection as the Levee client has, with nothing stored
+/// and nothing decoded. Each order's round trip from its scheduled time.
+fn echo_baseline(args: &FlashSaleArgs) -> anyhow::Result<Histogram<u64>> {
+    let schedule = Schedule::new(args, args.pacers.unwrap_or(1));
+    let server = baseline::echo_streams(args.connections)?;
+    let streams = (0..args.connections)
+        .map(|_| baseline::connect(server.addr))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let base = Instant::now() + Duration::from_millis(200);
+    let readers = streams
+        .iter()
+        .enumerate()
+        .map(|(c, stream)| {
+            let mut stream = stream.try_clone()?;
+            let expected = schedule.orders_on(c);
+            std::thread::Builder::new()
+                .name(format!("echo-reader-{c}"))
+                .spawn(move || -> anyhow::Result<Histogram<u64>> {
+                    let mut h = report::latency_histogram();
+                    let mut order = [0u8; 16];
+                    for _ in 0..expected {
+                        stream
+                            .read_exact(&mut order)
+                            .context("echo baseline read")?;
+                        let (_, scheduled_us) =
+                            decode_order(&order).context("echo baseline: a torn order")?;
+                        let scheduled = base + Duration::from_micros(scheduled_us);
+                        report::record(&mut h, Instant::now().saturating_duration_since(scheduled));
+                    }
+                    Ok(h)
+                })
+                .context("cannot start an echo reader")
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut by_pacer: Vec<Vec<std::net::TcpStream>> =
+        (0..schedule.pacers).map(|_| Vec::new()).collect();
+    for (c, stream) in streams.into_iter().enumerate() {
+        by_pacer[c % schedule.pacers].push(stream);
+    }
+    let pacers = by_pacer
+        .into_iter()
+        .enumerate()
+        .map(|(p, mut mine)| {
+            let schedule = schedule.clone();
+            std::thread::Builder::new()
+                .name(format!("echo-pacer-{p}"))
+                .spawn(move || -> anyhow::Result<()> {
+                    schedule.play(p, base, |local, _, _, order| {
+                        mine[local].write_all(&order).context("echo baseline write")
+                    })?;
+                    for s in &mine {
+                        let _ = s.shutdown(std::net::Shutdown::Write);
+                    }
+                    Ok(())
+                })
+                .context("cannot start an echo pacer")
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for p in pacers {
+        p.join()
+            .map_err(|_| anyhow::anyhow!("an echo pacer panicked"))??;
+    }
+    let mut all = report::latency_histogram();
+    for r in readers {
+        let h = r
+            .join()
+            .map_err(|_| anyhow::anyhow!("an echo reader panicked"))??;
+        all.add(&h).ok();
+    }
+    server.join()?;
+    Ok(all)
+}
+
 /// What the producers' acknowledgement callbacks gathered.
 struct Acks {
     latency: Histogram<u64>,
@@ -285,6 +436,19 @@ pub fn run(args: FlashSaleArgs) -> anyhow::Result<()> {
     if args.target.target.is_empty() {
         bail!("--target names no target");
     }
+    let echo = if args.baseline {
+        eprintln!("flash-sale baseline: the same schedule over raw TCP to an echo server");
+        let h = echo_baseline(&args)?;
+        if let Some(dir) = &args.hgrm {
+            std::fs::create_dir_all(dir)?;
+            report::write_hgrm(&dir.join("echo-ack.hgrm"), &h)?;
+        }
+        let l = LatencyUs::from_histogram(&h);
+        report::print_latency("  echo round trip", l.as_ref());
+        l
+    } else {
+        None
+    };
     let mut all = Vec::new();
     for &kind in &args.target.target {
         eprintln!("flash-sale on {}", kind.name());
@@ -309,6 +473,7 @@ pub fn run(args: FlashSaleArgs) -> anyhow::Result<()> {
             config: &args,
             results: &all[0],
             targets: &all,
+            baseline_ack_latency_us: echo.as_ref(),
         })?;
         std::fs::write(path, text + "\n")
             .with_context(|| format!("cannot write {}", path.display()))?;
@@ -420,14 +585,15 @@ fn run_one(args: &FlashSaleArgs, kind: TargetKind) -> anyhow::Result<FlashSaleRe
     // of the orders at their scheduled times. Where a send returns before its answer, one
     // pacer drives many connections, so the generator spends its CPU on the sends rather than
     // on waking a sleeping thread per order.
-    let pacers = args
-        .pacers
-        .unwrap_or(if target.send_blocks() {
+    let schedule = Schedule::new(
+        args,
+        args.pacers.unwrap_or(if target.send_blocks() {
             args.connections
         } else {
             1
-        })
-        .clamp(1, args.connections);
+        }),
+    );
+    let pacers = schedule.pacers;
     let barrier = Arc::new(Barrier::new(pacers + 1));
     let base_cell = Arc::new(Mutex::new(None::<Instant>));
     let acks = Arc::new(Mutex::new(Acks {
@@ -435,7 +601,6 @@ fn run_one(args: &FlashSaleArgs, kind: TargetKind) -> anyhow::Result<FlashSaleRe
         failed: 0,
         last: None,
     }));
-    let gap_ns = (args.burst_ms as f64 * 1e6) / args.users as f64;
     let producers: Vec<_> = (0..pacers)
         .map(|p| {
             let (target, barrier, base_cell, acks, shop) = (
@@ -445,14 +610,11 @@ fn run_one(args: &FlashSaleArgs, kind: TargetKind) -> anyhow::Result<FlashSaleRe
                 acks.clone(),
                 shop.clone(),
             );
-            let (users, connections) = (args.users, args.connections);
+            let schedule = schedule.clone();
             std::thread::Builder::new()
                 .name(format!("pacer-{p}"))
                 .spawn(move || -> anyhow::Result<()> {
-                    // Connection c belongs to pacer c % pacers, at index c / pacers; user u
-                    // orders on connection u % connections.
-                    let mine: anyhow::Result<Vec<_>> = (p..connections)
-                        .step_by(pacers)
+                    let mine: anyhow::Result<Vec<_>> = (0..schedule.connections_of(p))
                         .map(|_| target.producer())
                         .collect();
                     barrier.wait();
@@ -464,27 +626,15 @@ fn run_one(args: &FlashSaleArgs, kind: TargetKind) -> anyhow::Result<FlashSaleRe
                     // Acknowledgements are recorded by callbacks, on whichever thread completes
                     // them: no thread waits per send.
                     let seen = Arc::new(Seen::default());
-                    let mut sent = 0u64;
-                    for user in 0..users {
-                        let connection = (user % connections as u64) as usize;
-                        if connection % pacers != p {
-                            continue;
-                        }
-                        let at_ns = (user as f64 * gap_ns) as u64;
-                        let scheduled = base + Duration::from_nanos(at_ns);
-                        let now = Instant::now();
-                        if scheduled > now {
-                            std::thread::sleep(scheduled - now);
-                        }
-                        let order = encode_order(user, at_ns / 1000);
+                    let sent = schedule.play(p, base, |local, user, scheduled, order| {
                         let (seen, shop) = (seen.clone(), shop.clone());
-                        mine[connection / pacers].send(
+                        mine[local].send(
                             user,
                             &order,
                             Box::new(move |result| seen.record(&shop, user, scheduled, result)),
                         );
-                        sent += 1;
-                    }
+                        Ok(())
+                    })?;
                     while seen.done.load(Ordering::Acquire) < sent {
                         std::thread::sleep(Duration::from_millis(2));
                     }
@@ -731,6 +881,60 @@ mod tests {
     fn given_an_order_when_encoded_should_decode_the_same() {
         assert_eq!(decode_order(&encode_order(7, 123_456)), Some((7, 123_456)));
         assert_eq!(decode_order(&[1, 2, 3]), None);
+    }
+
+    #[test]
+    fn given_pacers_when_the_sale_is_played_should_send_each_order_once_on_its_connection() {
+        let schedule = Schedule {
+            users: 103,
+            connections: 10,
+            pacers: 3,
+            gap_ns: 0.0,
+        };
+        assert_eq!(
+            (0..3).map(|p| schedule.connections_of(p)).sum::<usize>(),
+            10
+        );
+        assert_eq!((0..10).map(|c| schedule.orders_on(c)).sum::<u64>(), 103);
+        let mut seen = vec![0u32; 103];
+        for p in 0..3 {
+            let mut per_connection = vec![0u64; schedule.connections_of(p)];
+            let sent = schedule
+                .play(p, Instant::now(), |local, user, _, order| {
+                    assert_eq!((user % 10) as usize, local * 3 + p);
+                    assert_eq!(decode_order(&order).map(|o| o.0), Some(user));
+                    per_connection[local] += 1;
+                    seen[user as usize] += 1;
+                    Ok(())
+                })
+                .unwrap();
+            assert_eq!(sent, per_connection.iter().sum::<u64>());
+            for (local, n) in per_connection.iter().enumerate() {
+                assert_eq!(*n, schedule.orders_on(local * 3 + p));
+            }
+        }
+        assert!(seen.iter().all(|&n| n == 1));
+    }
+
+    #[test]
+    fn given_the_echo_baseline_when_played_should_time_every_order() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: FlashSaleArgs,
+        }
+        let args = <Cli as clap::Parser>::try_parse_from([
+            "flash-sale",
+            "--users",
+            "200",
+            "--burst-ms",
+            "50",
+            "--connections",
+            "4",
+        ])
+        .unwrap()
+        .args;
+        assert_eq!(echo_baseline(&args).unwrap().len(), 200);
     }
 
     #[test]
