@@ -99,6 +99,10 @@ pub struct BrokerConfig {
     pub listen: SocketAddr,
     /// Prometheus metrics and health listener.
     pub metrics_listen: SocketAddr,
+    /// The Kafka wire-protocol listener of shard 0 (`None`: off). Shard `n` listens on the same
+    /// host at this port + `n` (or on OS-assigned ports when the port is 0) and is advertised in
+    /// Kafka Metadata as broker `n`.
+    pub kafka_listen: Option<SocketAddr>,
     /// Number of shards (executors, one per core).
     pub shards: u16,
     /// Durability policy.
@@ -184,6 +188,7 @@ impl Default for BrokerConfig {
             data_dir: PathBuf::from("./levee-data"),
             listen: "127.0.0.1:7070".parse().expect("valid literal"),
             metrics_listen: "127.0.0.1:9464".parse().expect("valid literal"),
+            kafka_listen: None,
             shards: std::thread::available_parallelism()
                 .map_or(1, |n| n.get().min(u16::MAX as usize) as u16),
             fsync: FsyncPolicy::Interval(Duration::from_millis(1000)),
@@ -237,6 +242,9 @@ pub struct ConfigLayer {
     /// Metrics listener address [default: 127.0.0.1:9464].
     #[arg(long, env = "LEVEE_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Kafka wire-protocol listener of shard 0; shard N listens on port + N [default: off].
+    #[arg(long, env = "LEVEE_KAFKA_LISTEN")]
+    pub kafka_listen: Option<SocketAddr>,
     /// Number of shards [default: number of CPUs].
     #[arg(long, env = "LEVEE_SHARDS")]
     pub shards: Option<u16>,
@@ -396,6 +404,7 @@ impl ConfigLayer {
             data_dir,
             listen,
             metrics_listen,
+            kafka_listen,
             shards,
             fsync,
             pin_cpus,
@@ -466,6 +475,7 @@ impl ConfigLayer {
             data_dir: self.data_dir.unwrap_or(d.data_dir),
             listen: self.listen.unwrap_or(d.listen),
             metrics_listen: self.metrics_listen.unwrap_or(d.metrics_listen),
+            kafka_listen: self.kafka_listen.or(d.kafka_listen),
             shards: self.shards.unwrap_or(d.shards),
             fsync,
             pin_cpus: self.pin_cpus.unwrap_or(d.pin_cpus),
@@ -524,6 +534,14 @@ impl BrokerConfig {
         };
         if self.shards == 0 {
             return invalid("shards", "must be at least 1");
+        }
+        if let Some(k) = self.kafka_listen {
+            if k.port() != 0 && u32::from(k.port()) + u32::from(self.shards) - 1 > 65_535 {
+                return invalid(
+                    "kafka_listen",
+                    "the port plus the shard count must stay within 65535 (shard n listens on port + n)",
+                );
+            }
         }
         if self.connections_max == 0 {
             return invalid("connections_max", "must be at least 1");

@@ -71,7 +71,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let broker = Broker::start(config).context("cannot start the broker")?;
     {
         let mut out = std::io::stdout().lock();
-        writeln!(
+        write!(
             out,
             "levee ready listen={} metrics={} shards={} data_dir={}",
             broker.listen,
@@ -79,9 +79,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             shards,
             data_dir.display()
         )?;
+        // Only with --kafka-listen: shard 0's Kafka address (the bootstrap for Kafka clients).
+        if let Some(kafka) = broker.kafka_addrs.first() {
+            write!(out, " kafka={kafka}")?;
+        }
+        writeln!(out)?;
         out.flush()?;
     }
-    tracing::info!(listen = %broker.listen, shards = ?broker.shard_addrs, "serving");
+    tracing::info!(listen = %broker.listen, shards = ?broker.shard_addrs, kafka = ?broker.kafka_addrs, "serving");
     let sig = wait_for_signal(&set);
     tracing::info!(signal = sig, "shutting down");
     broker.shutdown();

@@ -147,12 +147,31 @@ impl<M: SegmentMap> Conn<M> {
     }
 }
 
-/// Accepts connections until the task is dropped (shutdown).
+/// Accepts Levee connections on one listener.
 pub(crate) async fn accept_loop<I: Io>(
     listener: TcpListener,
     shard: Rc<Shard<I>>,
     shared: Arc<Shared>,
 ) {
+    accept_each(listener, shard, shared, serve, |stream| {
+        runtime::spawn_isolated("busy answer", answer_busy(stream))
+    })
+    .await
+}
+
+/// Accepts on `listener` and runs `serve` for each connection within `connections_max` (summed
+/// over every shard and listener) and the memory budget, holding its fixed charge and counting
+/// it in the shard's stats; a connection over either limit goes to `refuse`. A panic in `serve`
+/// closes that connection only.
+pub(crate) async fn accept_each<I: Io, F>(
+    listener: TcpListener,
+    shard: Rc<Shard<I>>,
+    shared: Arc<Shared>,
+    serve: impl Fn(TcpStream, Rc<Shard<I>>, Arc<Shared>) -> F,
+    refuse: impl Fn(TcpStream),
+) where
+    F: std::future::Future<Output = ()> + 'static,
+{
     loop {
         let stream = match listener.accept().await {
             Ok(s) => s,
@@ -178,14 +197,14 @@ pub(crate) async fn accept_loop<I: Io>(
                 memory_used = shared.budget.used(),
                 "connection refused: limit reached"
             );
-            runtime::spawn_isolated("busy answer", answer_busy(stream));
+            refuse(stream);
             continue;
         };
         let stats = shard.stats.clone();
         stats.connections.fetch_add(1, Ordering::AcqRel);
-        let (shard, shared) = (shard.clone(), shared.clone());
+        let connection = serve(stream, shard.clone(), shared.clone());
         runtime::spawn_detached(async move {
-            if let Err(message) = runtime::isolated(serve(stream, shard, shared)).await {
+            if let Err(message) = runtime::isolated(connection).await {
                 tracing::error!(%message, "connection task panicked; connection closed");
             }
             drop(fixed);

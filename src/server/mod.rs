@@ -22,6 +22,7 @@
 mod budget;
 mod connection;
 mod handler;
+pub mod kafka;
 mod metrics;
 mod response;
 mod session;
@@ -128,6 +129,8 @@ pub(crate) struct Shared {
     /// The storage threads (their flush statistics).
     pub pool: Arc<FlushPool>,
     pub shard_addrs: OnceLock<Vec<SocketAddr>>,
+    /// Every shard's Kafka listener, by shard number (empty without `--kafka-listen`).
+    pub kafka_addrs: OnceLock<Vec<SocketAddr>>,
     pub shutdown: Shutdown,
     /// When the broker started (Stats reports the uptime).
     pub started: std::time::Instant,
@@ -143,6 +146,8 @@ pub struct Broker {
     pub metrics: SocketAddr,
     /// Every shard's own listener, by shard number.
     pub shard_addrs: Vec<SocketAddr>,
+    /// Every shard's Kafka listener, by shard number (empty without `--kafka-listen`).
+    pub kafka_addrs: Vec<SocketAddr>,
     shared: Arc<Shared>,
     handles: Vec<ExecutorHandle>,
     // Dropped after the shards: their logs flush through it until they close.
@@ -197,6 +202,7 @@ struct Ready {
     addr: SocketAddr,
     bootstrap: Option<SocketAddr>,
     metrics: Option<SocketAddr>,
+    kafka: Option<SocketAddr>,
 }
 
 type ReadySender = std::sync::mpsc::Sender<Result<Ready, (u16, String)>>;
@@ -275,6 +281,7 @@ impl Broker {
             metrics: metrics::Metrics::new(n),
             pool: pool.clone(),
             shard_addrs: OnceLock::new(),
+            kafka_addrs: OnceLock::new(),
             shutdown: Shutdown {
                 flag: AtomicBool::new(false),
                 event: Event::new(),
@@ -324,11 +331,13 @@ impl Broker {
         }
         drop(ready_tx);
         let mut addrs = vec![None; n as usize];
+        let mut kafka_addrs = vec![None; n as usize];
         let (mut listen, mut metrics) = (None, None);
         for _ in 0..n {
             match ready_rx.recv_timeout(Duration::from_secs(300)) {
                 Ok(Ok(r)) => {
                     addrs[r.shard as usize] = Some(r.addr);
+                    kafka_addrs[r.shard as usize] = r.kafka;
                     listen = listen.or(r.bootstrap);
                     metrics = metrics.or(r.metrics);
                 }
@@ -347,11 +356,14 @@ impl Broker {
         }
         let shard_addrs: Vec<SocketAddr> = addrs.into_iter().flatten().collect();
         let _ = shared.shard_addrs.set(shard_addrs.clone());
+        let kafka_addrs: Vec<SocketAddr> = kafka_addrs.into_iter().flatten().collect();
+        let _ = shared.kafka_addrs.set(kafka_addrs.clone());
         match (listen, metrics) {
             (Some(listen), Some(metrics)) => Ok(Broker {
                 listen,
                 metrics,
                 shard_addrs,
+                kafka_addrs,
                 shared,
                 handles,
                 _pool: pool,
@@ -524,16 +536,27 @@ fn listen<I: Io>(
     let bind = |addr| runtime::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"));
     let bound = (|| -> Result<_, String> {
         let own = bind(own_addr)?;
+        // Shard n's Kafka listener: the configured port + n (each shard is its own Kafka broker).
+        let kafka = match config.kafka_listen {
+            Some(mut k) => {
+                if k.port() != 0 {
+                    k.set_port(k.port() + shard.id);
+                }
+                Some(bind(k)?)
+            }
+            None => None,
+        };
         if shard.id != 0 {
-            return Ok((own, None, None));
+            return Ok((own, None, None, kafka));
         }
         Ok((
             own,
             Some(bind(config.listen)?),
             Some(bind(config.metrics_listen)?),
+            kafka,
         ))
     })();
-    let (own, bootstrap, metrics) = match bound {
+    let (own, bootstrap, metrics, kafka) = match bound {
         Ok(l) => l,
         Err(e) => {
             let _ = ready.send(Err((shard.id, e)));
@@ -546,6 +569,7 @@ fn listen<I: Io>(
         addr: local(&own).unwrap_or(own_addr),
         bootstrap: bootstrap.as_ref().and_then(local),
         metrics: metrics.as_ref().and_then(local),
+        kafka: kafka.as_ref().and_then(local),
     };
     let mut tasks = vec![runtime::spawn(connection::accept_loop(
         own,
@@ -555,6 +579,13 @@ fn listen<I: Io>(
     if let Some(b) = bootstrap {
         tasks.push(runtime::spawn(connection::accept_loop(
             b,
+            shard.clone(),
+            shared.clone(),
+        )));
+    }
+    if let Some(k) = kafka {
+        tasks.push(runtime::spawn(kafka::accept_loop(
+            k,
             shard.clone(),
             shared.clone(),
         )));

@@ -19,6 +19,8 @@ pub struct TestBroker {
     pub metrics: SocketAddr,
     /// Data directory.
     pub data_dir: PathBuf,
+    /// Shard 0's Kafka listener, when started with `--kafka-listen`.
+    pub kafka: Option<SocketAddr>,
 }
 
 fn field(line: &str, key: &str) -> Option<String> {
@@ -108,6 +110,7 @@ impl TestBroker {
         Ok(TestBroker {
             addr: parse("listen"),
             metrics: parse("metrics"),
+            kafka: field(&line, "kafka").and_then(|v| v.parse().ok()),
             data_dir: data_dir.to_owned(),
             child: Some(child),
         })

@@ -1,0 +1,875 @@
+//! The Kafka wire-protocol front end (`--kafka-listen`): Kafka clients on Levee's partitions.
+//!
+//! Each shard listens on its own Kafka port and is advertised in Metadata as its own broker
+//! (node id = shard number), so a Kafka client sends each partition's requests straight to its
+//! owner core, as Levee's own client does. A connection is served one request at a time, in
+//! order, as a Kafka broker serves it: responses go out in request order, and a long-polling
+//! Fetch holds the requests behind it on that connection.
+//!
+//! Every request is translated into Levee's own request and run through the same handler as a
+//! Levee connection's (`server::handler`): the same owner-shard hops, quotas, backlog bounds,
+//! acknowledgement levels (acks -1 = `durable`, 1 = `written`, 0 = `none`: no response) and
+//! metrics. Kafka record batches are checked (CRC-32C), decompressed under a bound and stored as
+//! Levee records ([`records`]); fetched Levee records go out as one record batch per partition.
+//!
+//! Bounds: a connection counts against `connections_max` and holds the same fixed charge as a
+//! Levee connection; a frame is at most `frame_bytes_max` (charged to the memory budget while it
+//! is handled) and must arrive whole within `frame_read_timeout_ms`; a connection idle for
+//! `idle_timeout_ms` is closed. A frame that cannot be decoded closes only its connection, as
+//! Kafka does; an unknown ApiVersions version is answered with `UNSUPPORTED_VERSION` and the
+//! supported range in a version 0 body.
+//!
+//! This module owns the Kafka codec and its translation. It reaches partitions only through the
+//! server's handler, never the shard or storage directly.
+
+mod records;
+
+pub use records::{decode_batches, BatchError, BATCH_RECORDS_MAX, DECOMPRESSED_BYTES_MAX};
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+use kafka_protocol::messages::{
+    api_versions_response::ApiVersion, fetch_response, list_offsets_response, metadata_response,
+    produce_response, ApiKey as KafkaApi, ApiVersionsRequest, ApiVersionsResponse, BrokerId,
+    FetchRequest as KFetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse,
+    MetadataRequest, MetadataResponse, ProduceRequest as KProduceRequest, ProduceResponse,
+    RequestHeader, ResponseHeader, TopicName,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use rkyv::util::AlignedVec;
+
+use super::connection::accept_each;
+use super::response::Outgoing;
+use super::{handler, Session, Shared};
+use crate::catalog::INTERNAL_PREFIX;
+use crate::protocol::{
+    self, Acks, ApiKey, ErrorCode, FetchBlock, FetchRequest, ListOffsetsBlock, OffsetSpec, Request,
+    Response,
+};
+use crate::runtime::{self, TcpListener, TcpStream};
+use crate::shard::Shard;
+use crate::storage::Io;
+
+/// A frame's buffer starts at this size (or the frame's, if smaller) and doubles as it fills.
+const FRAME_CHUNK_BYTES: usize = 64 << 10;
+
+/// `(api, min, max)` versions this listener serves, as ApiVersions advertises them. Produce
+/// advertises 0 as its minimum, as Kafka does, so that older clients keep compressing; a
+/// Produce of versions 0–2 carries old message sets and each partition is refused with
+/// `UNSUPPORTED_FOR_MESSAGE_FORMAT`.
+pub const SUPPORTED: &[(KafkaApi, i16, i16)] = &[
+    (KafkaApi::Produce, 0, 9),
+    (KafkaApi::Fetch, 4, 12),
+    (KafkaApi::ListOffsets, 1, 7),
+    (KafkaApi::Metadata, 0, 12),
+    (KafkaApi::ApiVersions, 0, 4),
+];
+
+/// Kafka error codes this listener answers with.
+mod code {
+    pub const NONE: i16 = 0;
+    pub const UNKNOWN_SERVER_ERROR: i16 = -1;
+    pub const OFFSET_OUT_OF_RANGE: i16 = 1;
+    pub const CORRUPT_MESSAGE: i16 = 2;
+    pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+    pub const LEADER_NOT_AVAILABLE: i16 = 5;
+    pub const REQUEST_TIMED_OUT: i16 = 7;
+    pub const MESSAGE_TOO_LARGE: i16 = 10;
+    pub const INVALID_TOPIC_EXCEPTION: i16 = 17;
+    pub const RECORD_LIST_TOO_LARGE: i16 = 18;
+    pub const INVALID_REQUIRED_ACKS: i16 = 21;
+    pub const UNSUPPORTED_VERSION: i16 = 35;
+    pub const INVALID_REQUEST: i16 = 42;
+    pub const UNSUPPORTED_FOR_MESSAGE_FORMAT: i16 = 43;
+    pub const POLICY_VIOLATION: i16 = 44;
+    pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
+    pub const DUPLICATE_SEQUENCE_NUMBER: i16 = 46;
+    pub const KAFKA_STORAGE_ERROR: i16 = 56;
+    pub const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
+    pub const THROTTLING_QUOTA_EXCEEDED: i16 = 89;
+}
+
+/// The Kafka code of a Levee error code.
+fn kafka_code(e: ErrorCode) -> i16 {
+    match e {
+        ErrorCode::None => code::NONE,
+        ErrorCode::OffsetOutOfRange => code::OFFSET_OUT_OF_RANGE,
+        ErrorCode::CorruptRecord => code::CORRUPT_MESSAGE,
+        ErrorCode::UnknownTopic | ErrorCode::UnknownPartition => code::UNKNOWN_TOPIC_OR_PARTITION,
+        ErrorCode::RecordTooLarge => code::MESSAGE_TOO_LARGE,
+        ErrorCode::FrameTooLarge | ErrorCode::LimitExceeded => code::RECORD_LIST_TOO_LARGE,
+        ErrorCode::InvalidTopicName => code::INVALID_TOPIC_EXCEPTION,
+        ErrorCode::InvalidRequest => code::INVALID_REQUEST,
+        ErrorCode::UnsupportedVersion | ErrorCode::UnknownApiKey => code::UNSUPPORTED_VERSION,
+        ErrorCode::StorageFull | ErrorCode::StorageFailed => code::KAFKA_STORAGE_ERROR,
+        ErrorCode::Timeout | ErrorCode::Busy => code::REQUEST_TIMED_OUT,
+        ErrorCode::ShuttingDown => code::LEADER_NOT_AVAILABLE,
+        // The topic's backlog bound under policy `reject`: not worth retrying at once.
+        ErrorCode::QueueFull => code::POLICY_VIOLATION,
+        ErrorCode::Throttled => code::THROTTLING_QUOTA_EXCEEDED,
+        ErrorCode::OutOfOrderSequence => code::OUT_OF_ORDER_SEQUENCE_NUMBER,
+        ErrorCode::DuplicateSequence => code::DUPLICATE_SEQUENCE_NUMBER,
+        _ => code::UNKNOWN_SERVER_ERROR,
+    }
+}
+
+/// Accepts Kafka connections on one shard's Kafka listener. Kafka has no "busy" answer: a
+/// connection over the limits is closed, and the client backs off and reconnects.
+pub(crate) async fn accept_loop<I: Io>(
+    listener: TcpListener,
+    shard: Rc<Shard<I>>,
+    shared: Arc<Shared>,
+) {
+    accept_each(listener, shard, shared, serve, drop).await
+}
+
+/// Serves one Kafka connection until it closes, times out, sends what cannot be decoded, or the
+/// broker shuts down.
+async fn serve<I: Io>(mut stream: TcpStream, shard: Rc<Shard<I>>, shared: Arc<Shared>) {
+    let config = &shared.config;
+    let idle = Duration::from_millis(config.idle_timeout_ms);
+    let frame_timeout = Duration::from_millis(config.frame_read_timeout_ms);
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_write_timeout(Some(idle));
+    let session = Session::new(stream.peer_addr().ok(), shard.id);
+    loop {
+        let mut len = [0u8; 4];
+        let read = futures_lite::future::or(
+            async {
+                runtime::until(
+                    std::time::Instant::now() + idle,
+                    stream.read_exact(&mut len),
+                )
+                .await
+            },
+            async {
+                shared.shutdown.wait().await;
+                None
+            },
+        )
+        .await;
+        match read {
+            Some(Ok(())) => {}
+            _ => return,
+        }
+        let size = i32::from_be_bytes(len);
+        let Some(size) = usize::try_from(size)
+            .ok()
+            .filter(|&s| (8..=config.frame_bytes_max).contains(&s))
+        else {
+            tracing::debug!(
+                size,
+                "kafka frame size out of bounds; closing the connection"
+            );
+            return;
+        };
+        // The buffer grows (and is charged) as bytes arrive, never from the size the length
+        // claims: a client that claims 64 MiB and sends a byte holds 64 KiB.
+        let deadline = std::time::Instant::now() + frame_timeout;
+        let mut frame: Vec<u8> = Vec::with_capacity(size.min(FRAME_CHUNK_BYTES));
+        let mut charge = shared.budget.charge(frame.capacity()).await;
+        while frame.len() < size {
+            if frame.len() == frame.capacity() {
+                let cap = (frame.capacity() * 2).min(size);
+                charge.grow_to(cap).await;
+                frame.reserve_exact(cap - frame.len());
+            }
+            let start = frame.len();
+            frame.resize(frame.capacity().min(size), 0);
+            match runtime::until(deadline, stream.read(&mut frame[start..])).await {
+                Some(Ok(n)) if n > 0 => frame.truncate(start + n),
+                _ => return,
+            }
+        }
+        let answer = match handle(&shard, &shared, &session, &frame).await {
+            Ok(answer) => answer,
+            Err(reason) => {
+                tracing::debug!(%reason, "kafka request not understood; closing the connection");
+                return;
+            }
+        };
+        drop(charge);
+        if let Some(bytes) = answer {
+            if stream.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// A Kafka request this listener serves, decoded.
+#[derive(Debug)]
+pub enum KafkaRequest {
+    /// ApiVersions at a version this listener speaks.
+    ApiVersions,
+    /// ApiVersions at a version it does not: answered in a v0 body with `UNSUPPORTED_VERSION`.
+    ApiVersionsFallback,
+    /// Topics and brokers.
+    Metadata(MetadataRequest),
+    /// Record batches to append.
+    Produce(KProduceRequest),
+    /// Records to read.
+    Fetch(KFetchRequest),
+    /// Offsets by time.
+    ListOffsets(ListOffsetsRequest),
+}
+
+/// A decoded request with what its response needs.
+#[derive(Debug)]
+pub struct Decoded {
+    /// The request's api.
+    pub api: KafkaApi,
+    /// The version it was sent at (0 for the ApiVersions fallback).
+    pub version: i16,
+    /// Its correlation id.
+    pub correlation_id: i32,
+    /// The client id from its header.
+    pub client_id: Option<String>,
+    /// The body.
+    pub request: KafkaRequest,
+}
+
+/// Decodes one request frame (after its length prefix). `Err` says why the connection must
+/// close: too short, an api or version this listener does not serve, a malformed header or body.
+pub fn decode_request(frame: &[u8]) -> Result<Decoded, String> {
+    if frame.len() < 8 {
+        return Err(format!(
+            "a {}-byte frame is shorter than a request header",
+            frame.len()
+        ));
+    }
+    let key = i16::from_be_bytes([frame[0], frame[1]]);
+    let version = i16::from_be_bytes([frame[2], frame[3]]);
+    let api = KafkaApi::try_from(key).map_err(|_| format!("unknown api key {key}"))?;
+    let supported = SUPPORTED
+        .iter()
+        .find(|(a, _, _)| *a == api)
+        .is_some_and(|&(_, min, max)| (min..=max).contains(&version));
+    if !supported {
+        if api == KafkaApi::ApiVersions {
+            // A client newer than this listener: the v0 answer tells it what to fall back to.
+            return Ok(Decoded {
+                api,
+                version: 0,
+                correlation_id: i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]),
+                client_id: None,
+                request: KafkaRequest::ApiVersionsFallback,
+            });
+        }
+        return Err(format!("{api:?} version {version} is not supported"));
+    }
+    let mut buf = Bytes::copy_from_slice(frame);
+    let header = RequestHeader::decode(&mut buf, api.request_header_version(version))
+        .map_err(|e| format!("bad request header: {e:#}"))?;
+    let bad = |e: anyhow::Error| format!("bad {api:?} v{version} request: {e:#}");
+    let request = match api {
+        KafkaApi::ApiVersions => {
+            ApiVersionsRequest::decode(&mut buf, version).map_err(bad)?;
+            KafkaRequest::ApiVersions
+        }
+        KafkaApi::Metadata => {
+            KafkaRequest::Metadata(MetadataRequest::decode(&mut buf, version).map_err(bad)?)
+        }
+        KafkaApi::Produce => {
+            KafkaRequest::Produce(KProduceRequest::decode(&mut buf, version).map_err(bad)?)
+        }
+        KafkaApi::Fetch => {
+            KafkaRequest::Fetch(KFetchRequest::decode(&mut buf, version).map_err(bad)?)
+        }
+        KafkaApi::ListOffsets => {
+            KafkaRequest::ListOffsets(ListOffsetsRequest::decode(&mut buf, version).map_err(bad)?)
+        }
+        other => return Err(format!("{other:?} is not served")),
+    };
+    Ok(Decoded {
+        api,
+        version,
+        correlation_id: header.correlation_id,
+        client_id: header.client_id.map(|c| c.as_str().to_string()),
+        request,
+    })
+}
+
+/// One request frame to its response frame (length prefix included), `None` when the request
+/// expects none (Produce with acks 0), or why the connection must close.
+async fn handle<I: Io>(
+    shard: &Rc<Shard<I>>,
+    shared: &Arc<Shared>,
+    session: &Session,
+    frame: &[u8],
+) -> Result<Option<Vec<u8>>, String> {
+    let d = decode_request(frame)?;
+    if let Some(id) = &d.client_id {
+        session.set_client_id(id);
+    }
+    let (api, version, cid) = (d.api, d.version, d.correlation_id);
+    match d.request {
+        KafkaRequest::ApiVersions => {
+            encode(api, version, cid, &api_versions_body(code::NONE)).map(Some)
+        }
+        KafkaRequest::ApiVersionsFallback => {
+            encode(api, 0, cid, &api_versions_body(code::UNSUPPORTED_VERSION)).map(Some)
+        }
+        KafkaRequest::Metadata(r) => {
+            encode(api, version, cid, &metadata(shard, shared, &r)).map(Some)
+        }
+        KafkaRequest::Produce(r) => {
+            let quiet = r.acks == 0;
+            let response = produce(shard, shared, session, r, version).await;
+            if quiet {
+                return Ok(None);
+            }
+            encode(api, version, cid, &response).map(Some)
+        }
+        KafkaRequest::Fetch(r) => {
+            let response = fetch(shard, shared, session, r).await;
+            encode(api, version, cid, &response).map(Some)
+        }
+        KafkaRequest::ListOffsets(r) => {
+            let response = list_offsets(shard, shared, session, r).await;
+            encode(api, version, cid, &response).map(Some)
+        }
+    }
+}
+
+/// A response frame: length, header (the version the api's response uses), body.
+fn encode<M: Encodable>(
+    api: KafkaApi,
+    version: i16,
+    cid: i32,
+    body: &M,
+) -> Result<Vec<u8>, String> {
+    let mut buf = BytesMut::with_capacity(64);
+    buf.extend_from_slice(&[0; 4]);
+    let mut header = ResponseHeader::default();
+    header.correlation_id = cid;
+    header
+        .encode(&mut buf, api.response_header_version(version))
+        .and_then(|()| body.encode(&mut buf, version))
+        .map_err(|e| format!("cannot encode the {api:?} response: {e:#}"))?;
+    let len = (buf.len() - 4) as u32;
+    buf[..4].copy_from_slice(&len.to_be_bytes());
+    Ok(buf.to_vec())
+}
+
+fn api_versions_body(error_code: i16) -> ApiVersionsResponse {
+    let mut r = ApiVersionsResponse::default();
+    r.error_code = error_code;
+    r.api_keys = SUPPORTED
+        .iter()
+        .map(|&(api, min, max)| {
+            let mut v = ApiVersion::default();
+            v.api_key = api as i16;
+            v.min_version = min;
+            v.max_version = max;
+            v
+        })
+        .collect();
+    r
+}
+
+fn topic_name(name: &str) -> TopicName {
+    TopicName(StrBytes::from_string(name.to_string()))
+}
+
+/// Brokers (one per shard, with its Kafka address) and the topics asked for (all but internal
+/// ones when none are named); every partition's leader is its owner shard.
+fn metadata<I: Io>(shard: &Rc<Shard<I>>, shared: &Shared, r: &MetadataRequest) -> MetadataResponse {
+    let mut out = MetadataResponse::default();
+    let addrs = shared.kafka_addrs.get().cloned().unwrap_or_default();
+    out.brokers = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let mut b = metadata_response::MetadataResponseBroker::default();
+            b.node_id = BrokerId(i as i32);
+            b.host = StrBytes::from_string(a.ip().to_string());
+            b.port = i32::from(a.port());
+            b
+        })
+        .collect();
+    out.cluster_id = Some(StrBytes::from_static_str("levee"));
+    out.controller_id = BrokerId(0);
+    let catalog = shard.topics();
+    let names: Vec<String> = match &r.topics {
+        None => catalog
+            .iter()
+            .filter(|m| !m.name.starts_with(INTERNAL_PREFIX))
+            .map(|m| m.name.clone())
+            .collect(),
+        Some(ts) => ts
+            .iter()
+            .filter_map(|t| t.name.as_ref().map(|n| n.0.as_str().to_string()))
+            .collect(),
+    };
+    out.topics = names
+        .into_iter()
+        .map(|name| {
+            let mut t = metadata_response::MetadataResponseTopic::default();
+            t.name = Some(topic_name(&name));
+            match catalog.get(&name) {
+                None => t.error_code = code::UNKNOWN_TOPIC_OR_PARTITION,
+                Some(meta) => {
+                    t.is_internal = name.starts_with(INTERNAL_PREFIX);
+                    t.partitions = (0..meta.partitions)
+                        .map(|p| {
+                            let owner = BrokerId(i32::from(shard.owner(&name, p)));
+                            let mut part = metadata_response::MetadataResponsePartition::default();
+                            part.partition_index = p as i32;
+                            part.leader_id = owner;
+                            part.leader_epoch = 0;
+                            part.replica_nodes = vec![owner];
+                            part.isr_nodes = vec![owner];
+                            part
+                        })
+                        .collect();
+                }
+            }
+            t
+        })
+        .collect();
+    out
+}
+
+/// Runs one Levee request frame through the server's handler and returns the response frame
+/// (a Fetch response with its record runs in place), or `None` for a request without one.
+async fn call<I: Io>(
+    shard: &Rc<Shard<I>>,
+    shared: &Arc<Shared>,
+    session: &Session,
+    levee_frame: &[u8],
+) -> Option<AlignedVec<16>> {
+    // Record runs are validated in place: the frame must be 16-byte aligned, as a connection's
+    // frame buffers are.
+    let mut frame = AlignedVec::<16>::with_capacity(levee_frame.len());
+    frame.extend_from_slice(levee_frame);
+    let out = handler::handle(shard, shared, session, &mut frame).await?;
+    let mut bytes = AlignedVec::<16>::new();
+    match out {
+        Outgoing::Frame(f) => bytes.extend_from_slice(&f),
+        Outgoing::Fetch {
+            head,
+            splits,
+            slices,
+        } => {
+            let mut at = 0;
+            for (split, slice) in splits.iter().zip(&slices) {
+                bytes.extend_from_slice(&head[at..*split]);
+                at = *split;
+                if let Some(s) = slice {
+                    bytes.extend_from_slice(s.bytes());
+                }
+            }
+            bytes.extend_from_slice(&head[at..]);
+        }
+    }
+    Some(bytes)
+}
+
+/// Decodes a Levee response frame of `key` (sent at the newest version): its body, or the
+/// request-level error code.
+fn levee_response(key: ApiKey, frame: &[u8]) -> Result<Response, ErrorCode> {
+    match protocol::decode_response_at(frame, key.versions().1) {
+        Ok((_, Some(r))) => Ok(r),
+        Ok((h, None)) => Err(h.error_code),
+        Err(_) => Err(ErrorCode::Internal),
+    }
+}
+
+async fn produce<I: Io>(
+    shard: &Rc<Shard<I>>,
+    shared: &Arc<Shared>,
+    session: &Session,
+    r: KProduceRequest,
+    version: i16,
+) -> ProduceResponse {
+    let acks = match r.acks {
+        -1 => Some(Acks::Durable),
+        1 => Some(Acks::Written),
+        0 => Some(Acks::None),
+        _ => None,
+    };
+    // Per partition: the Levee run, or the Kafka code it failed with.
+    let mut parts: Vec<(String, i32, Result<Vec<u8>, i16>)> = Vec::new();
+    for t in &r.topic_data {
+        let name = t.name.0.as_str().to_string();
+        for p in &t.partition_data {
+            let run = if r.transactional_id.is_some() {
+                Err(code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED)
+            } else if acks.is_none() {
+                Err(code::INVALID_REQUIRED_ACKS)
+            } else if version < 3 {
+                Err(code::UNSUPPORTED_FOR_MESSAGE_FORMAT)
+            } else {
+                to_run(p.records.as_ref())
+            };
+            parts.push((name.clone(), p.index, run));
+        }
+    }
+    let blocks: Vec<(&str, u32, &[u8])> = parts
+        .iter()
+        .filter_map(|(t, p, run)| match run {
+            Ok(run) if *p >= 0 => Some((t.as_str(), *p as u32, run.as_slice())),
+            _ => None,
+        })
+        .collect();
+    let mut results = Vec::new();
+    let mut throttle_ms = 0u32;
+    if !blocks.is_empty() {
+        let mut frame = Vec::new();
+        let timeout = r.timeout_ms.max(0) as u32;
+        let acks = acks.unwrap_or(Acks::Durable);
+        let failed = match protocol::encode_produce(&mut frame, 0, acks, timeout, &blocks) {
+            Err(_) => Some(code::RECORD_LIST_TOO_LARGE),
+            // `None`: acks 0, no answer to wait for.
+            Ok(()) => match call(shard, shared, session, &frame).await {
+                None => None,
+                Some(out) => match levee_response(ApiKey::Produce, &out) {
+                    Ok(Response::Produce(rs)) => {
+                        results = rs;
+                        None
+                    }
+                    Ok(_) => Some(code::UNKNOWN_SERVER_ERROR),
+                    Err(e) => Some(kafka_code(e)),
+                },
+            },
+        };
+        if let Some(c) = failed {
+            for (_, _, run) in parts.iter_mut() {
+                if run.is_ok() {
+                    *run = Err(c);
+                }
+            }
+        }
+    }
+    let mut out = ProduceResponse::default();
+    for (topic, partition, run) in &parts {
+        let mut pr = produce_response::PartitionProduceResponse::default();
+        pr.index = *partition;
+        pr.log_append_time_ms = -1;
+        pr.log_start_offset = -1;
+        match run {
+            Err(c) => {
+                pr.error_code = *c;
+                pr.base_offset = -1;
+            }
+            Ok(_) => match results
+                .iter()
+                .find(|x| x.topic == *topic && x.partition as i32 == *partition)
+            {
+                Some(x) => {
+                    pr.error_code = kafka_code(x.error);
+                    pr.base_offset = if x.error == ErrorCode::None {
+                        x.base_offset as i64
+                    } else {
+                        -1
+                    };
+                    throttle_ms = throttle_ms.max(x.throttle_ms);
+                }
+                None => {
+                    pr.error_code = if *partition < 0 {
+                        code::UNKNOWN_TOPIC_OR_PARTITION
+                    } else {
+                        code::UNKNOWN_SERVER_ERROR
+                    };
+                    pr.base_offset = -1;
+                }
+            },
+        }
+        match out
+            .responses
+            .iter_mut()
+            .find(|t| t.name.0.as_str() == topic)
+        {
+            Some(t) => t.partition_responses.push(pr),
+            None => {
+                let mut t = produce_response::TopicProduceResponse::default();
+                t.name = topic_name(topic);
+                t.partition_responses.push(pr);
+                out.responses.push(t);
+            }
+        }
+    }
+    out.throttle_time_ms = throttle_ms.min(i32::MAX as u32) as i32;
+    out
+}
+
+/// A Produce partition's Kafka batches as one Levee run, or the Kafka code they fail with.
+fn to_run(records: Option<&Bytes>) -> Result<Vec<u8>, i16> {
+    let Some(records) = records else {
+        return Err(code::CORRUPT_MESSAGE);
+    };
+    let messages = records::decode_batches(records).map_err(|e| {
+        tracing::debug!(error = %e, "kafka batch refused");
+        match e {
+            records::BatchError::OldFormat(_) => code::UNSUPPORTED_FOR_MESSAGE_FORMAT,
+            records::BatchError::Transactional => code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+            records::BatchError::TooLarge(_) => code::RECORD_LIST_TOO_LARGE,
+            records::BatchError::Corrupt(_) => code::CORRUPT_MESSAGE,
+        }
+    })?;
+    if messages.is_empty() {
+        return Err(code::CORRUPT_MESSAGE);
+    }
+    let mut run = Vec::new();
+    for m in &messages {
+        crate::record::encode(m, &mut run).map_err(|_| code::MESSAGE_TOO_LARGE)?;
+    }
+    Ok(run)
+}
+
+async fn fetch<I: Io>(
+    shard: &Rc<Shard<I>>,
+    shared: &Arc<Shared>,
+    session: &Session,
+    r: KFetchRequest,
+) -> FetchResponse {
+    let mut blocks = Vec::new();
+    let mut refused: Vec<(String, i32, i16)> = Vec::new();
+    for t in &r.topics {
+        let name = t.topic.0.as_str().to_string();
+        for p in &t.partitions {
+            if p.partition < 0 || p.fetch_offset < 0 {
+                refused.push((name.clone(), p.partition, code::OFFSET_OUT_OF_RANGE));
+                continue;
+            }
+            blocks.push(FetchBlock {
+                topic: name.clone(),
+                partition: p.partition as u32,
+                offset: p.fetch_offset as u64,
+                max_bytes: p.partition_max_bytes.max(1) as u32,
+            });
+        }
+    }
+    let mut out = FetchResponse::default();
+    let mut results = Vec::new();
+    let mut top_error = ErrorCode::None;
+    if !blocks.is_empty() {
+        let request = Request::Fetch(FetchRequest {
+            max_wait_ms: r.max_wait_ms.max(0) as u32,
+            min_bytes: r.min_bytes.max(0) as u32,
+            max_bytes: if r.max_bytes > 0 {
+                r.max_bytes as u32
+            } else {
+                u32::MAX
+            },
+            blocks,
+        });
+        let mut frame = Vec::new();
+        if protocol::encode_request(&mut frame, 0, &request).is_ok() {
+            if let Some(resp) = call(shard, shared, session, &frame).await {
+                match levee_response(ApiKey::Fetch, &resp) {
+                    Ok(Response::Fetch(rs)) => {
+                        for x in rs {
+                            let batch = if x.error == ErrorCode::None {
+                                resp.get(x.run.clone())
+                                    .map(records::encode_run)
+                                    .and_then(Result::ok)
+                                    .flatten()
+                            } else {
+                                None
+                            };
+                            results.push((x, batch));
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => top_error = e,
+                }
+            }
+        }
+    }
+    let mut throttle_ms = 0u32;
+    let push = |out: &mut FetchResponse, topic: &str, part: fetch_response::PartitionData| match out
+        .responses
+        .iter_mut()
+        .find(|t| t.topic.0.as_str() == topic)
+    {
+        Some(t) => t.partitions.push(part),
+        None => {
+            let mut t = fetch_response::FetchableTopicResponse::default();
+            t.topic = topic_name(topic);
+            t.partitions.push(part);
+            out.responses.push(t);
+        }
+    };
+    for (x, batch) in results {
+        let mut part = fetch_response::PartitionData::default();
+        part.partition_index = x.partition as i32;
+        part.error_code = kafka_code(x.error);
+        part.high_watermark = x.next as i64;
+        part.last_stable_offset = x.next as i64;
+        part.log_start_offset = x.earliest as i64;
+        part.records = Some(batch.unwrap_or_default());
+        throttle_ms = throttle_ms.max(x.throttle_ms);
+        push(&mut out, &x.topic, part);
+    }
+    for (topic, partition, c) in refused {
+        let mut part = fetch_response::PartitionData::default();
+        part.partition_index = partition;
+        part.error_code = c;
+        part.high_watermark = -1;
+        part.last_stable_offset = -1;
+        part.log_start_offset = -1;
+        part.records = Some(Bytes::new());
+        push(&mut out, &topic, part);
+    }
+    if top_error != ErrorCode::None {
+        out.error_code = kafka_code(top_error);
+    }
+    out.throttle_time_ms = throttle_ms.min(i32::MAX as u32) as i32;
+    out
+}
+
+async fn list_offsets<I: Io>(
+    shard: &Rc<Shard<I>>,
+    shared: &Arc<Shared>,
+    session: &Session,
+    r: ListOffsetsRequest,
+) -> ListOffsetsResponse {
+    let mut blocks = Vec::new();
+    for t in &r.topics {
+        for p in &t.partitions {
+            blocks.push(ListOffsetsBlock {
+                topic: t.name.0.as_str().to_string(),
+                partition: p.partition_index.max(0) as u32,
+                spec: match p.timestamp {
+                    -2 => OffsetSpec::Earliest,
+                    // -1 is latest; -3 (max timestamp) and other negatives are answered as
+                    // latest too.
+                    t if t < 0 => OffsetSpec::Latest,
+                    t => OffsetSpec::Timestamp(t),
+                },
+            });
+        }
+    }
+    let mut results = Vec::new();
+    let mut failed = None;
+    let mut frame = Vec::new();
+    if protocol::encode_request(&mut frame, 0, &Request::ListOffsets(blocks)).is_ok() {
+        match call(shard, shared, session, &frame).await {
+            Some(resp) => match levee_response(ApiKey::ListOffsets, &resp) {
+                Ok(Response::ListOffsets(rs)) => results = rs,
+                Ok(_) => failed = Some(code::UNKNOWN_SERVER_ERROR),
+                Err(e) => failed = Some(kafka_code(e)),
+            },
+            None => failed = Some(code::UNKNOWN_SERVER_ERROR),
+        }
+    } else {
+        failed = Some(code::INVALID_REQUEST);
+    }
+    // Levee answers in request order, one result per lookup (a partition may be asked twice).
+    let mut results = results.into_iter();
+    let mut out = ListOffsetsResponse::default();
+    for t in &r.topics {
+        let mut tr = list_offsets_response::ListOffsetsTopicResponse::default();
+        tr.name = t.name.clone();
+        for p in &t.partitions {
+            let mut pr = list_offsets_response::ListOffsetsPartitionResponse::default();
+            pr.partition_index = p.partition_index;
+            pr.timestamp = -1;
+            pr.offset = -1;
+            let found = results.next().filter(|x| {
+                x.topic == t.name.0.as_str() && x.partition as i32 == p.partition_index
+            });
+            match (failed, found) {
+                (Some(c), _) => pr.error_code = c,
+                (None, Some(x)) if p.partition_index >= 0 => {
+                    pr.error_code = kafka_code(x.error);
+                    if x.error == ErrorCode::None {
+                        pr.offset = x.offset as i64;
+                    }
+                }
+                (None, _) => pr.error_code = code::UNKNOWN_TOPIC_OR_PARTITION,
+            }
+            tr.partitions.push(pr);
+        }
+        out.topics.push(tr);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Request frames kcat (librdkafka) sent to this listener, captured on the wire
+    /// (tests/kafka/golden): `kcat -P -z gzip|snappy|lz4|zstd` with keys, a header and a null
+    /// value, `kcat -C`, `kcat -Q`.
+    fn golden(name: &str) -> Vec<u8> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/kafka/golden")
+            .join(name);
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    #[test]
+    fn given_every_frame_kcat_sent_when_decoded_should_be_understood() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/kafka/golden");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let frame = std::fs::read(entry.unwrap().path()).unwrap();
+            let d = decode_request(&frame).unwrap();
+            assert_eq!(d.client_id.as_deref(), Some("rdkafka"));
+            seen += 1;
+        }
+        assert!(seen >= 5);
+    }
+
+    #[test]
+    fn given_kcat_produce_frames_when_decoded_should_yield_their_records_in_each_compression() {
+        // Frame 1: gzip, "k1:v1" and "k2:" sent as a null value (-Z), header h=x.
+        let d = decode_request(&golden("kcat-produce-v7-1.bin")).unwrap();
+        assert_eq!((d.api, d.version), (KafkaApi::Produce, 7));
+        let KafkaRequest::Produce(p) = d.request else {
+            panic!("not a produce");
+        };
+        assert_eq!(p.acks, -1);
+        let mut all = Vec::new();
+        for t in &p.topic_data {
+            assert_eq!(t.name.0.as_str(), "kt");
+            for part in &t.partition_data {
+                all.extend(decode_batches(part.records.as_ref().unwrap()).unwrap());
+            }
+        }
+        all.sort_by(|a, b| a.key.cmp(&b.key));
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0].key.as_deref(), Some(&b"k1"[..]));
+        assert_eq!(all[0].value, b"v1");
+        assert_eq!(all[0].headers[0].key, "h");
+        assert_eq!(all[0].headers[0].value, b"x");
+        // A null value is stored empty (docs/kafka.md: differences).
+        assert_eq!(all[1].value, b"");
+        // Frames 2-4: snappy (xerial-free, as librdkafka writes it), lz4, zstd; "a:b" each.
+        for n in 2..=4 {
+            let d = decode_request(&golden(&format!("kcat-produce-v7-{n}.bin"))).unwrap();
+            let KafkaRequest::Produce(p) = d.request else {
+                panic!("not a produce");
+            };
+            let records = p.topic_data[0].partition_data[0].records.as_ref().unwrap();
+            let m = decode_batches(records).unwrap();
+            assert_eq!(m.len(), 1, "frame {n}");
+            assert_eq!(
+                (m[0].key.as_deref(), &m[0].value[..]),
+                (Some(&b"a"[..]), &b"b"[..])
+            );
+        }
+    }
+
+    #[test]
+    fn given_short_or_unknown_frames_when_decoded_should_refuse_them() {
+        assert!(decode_request(&[0, 1, 2]).is_err());
+        assert!(decode_request(&[0x7f, 0x7f, 0, 0, 0, 0, 0, 1]).is_err());
+        // Fetch v3 (below the served range): refused; ApiVersions v99: the fallback.
+        assert!(decode_request(&[0, 1, 0, 3, 0, 0, 0, 1, 0xff, 0xff]).is_err());
+        let d = decode_request(&[0, 18, 0, 99, 0, 0, 0, 9]).unwrap();
+        assert!(matches!(d.request, KafkaRequest::ApiVersionsFallback));
+        assert_eq!(d.correlation_id, 9);
+        let mut frame = golden("kcat-produce-v7-1.bin");
+        frame.truncate(frame.len() - 10);
+        assert!(decode_request(&frame).is_err());
+    }
+}
