@@ -459,3 +459,74 @@ fn given_bad_input_when_sent_should_refuse_it_and_serve_others() {
     assert_eq!(r.error_code, 0);
     assert_eq!(fetch_all(&mut k, "guarded", 0, 0).len(), 1);
 }
+
+#[test]
+fn given_an_idempotent_kafka_producer_when_a_batch_is_resent_should_store_it_once() {
+    use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse};
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, client) = start(dir.path());
+    client
+        .create_topic("exactly", TopicConfig::default())
+        .unwrap();
+    let mut boot = Kafka::connect(broker.kafka.unwrap());
+    let mut idempotent = InitProducerIdRequest::default();
+    idempotent.transactional_id = None;
+    idempotent.producer_id = (-1).into();
+    idempotent.producer_epoch = -1;
+    let init: InitProducerIdResponse = boot.call(ApiKey::InitProducerId, 4, &idempotent);
+    assert_eq!(init.error_code, 0);
+    assert!(init.producer_id.0 > 0);
+    assert_eq!(init.producer_epoch, 0);
+    let numbered = |first_sequence: i32, values: &[&[u8]]| {
+        let records: Vec<Record> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let mut r = record(i as i64, None, v);
+                r.producer_id = init.producer_id.0;
+                r.producer_epoch = 0;
+                r.sequence = first_sequence + i as i32;
+                r
+            })
+            .collect();
+        batch(Compression::Lz4, &records)
+    };
+    let m = metadata(&mut boot, "exactly");
+    let mut k = Kafka::connect(leader(&m, 0));
+    let first = numbered(0, &[b"a", b"b"]);
+    for _ in 0..2 {
+        // The second send is a resend (its answer was "lost"): the same offsets, stored once.
+        let r: ProduceResponse = k.call(
+            ApiKey::Produce,
+            9,
+            &produce_request("exactly", 0, -1, first.clone()),
+        );
+        let p = &r.responses[0].partition_responses[0];
+        assert_eq!((p.error_code, p.base_offset), (0, 0));
+    }
+    let r: ProduceResponse = k.call(
+        ApiKey::Produce,
+        9,
+        &produce_request("exactly", 0, -1, numbered(2, &[b"c"])),
+    );
+    assert_eq!(r.responses[0].partition_responses[0].base_offset, 2);
+    // A gap in the sequence is refused.
+    let r: ProduceResponse = k.call(
+        ApiKey::Produce,
+        9,
+        &produce_request("exactly", 0, -1, numbered(9, &[b"z"])),
+    );
+    assert_eq!(r.responses[0].partition_responses[0].error_code, 45);
+    let values: Vec<_> = fetch_all(&mut k, "exactly", 0, 0)
+        .into_iter()
+        .map(|r| r.value.unwrap())
+        .collect();
+    assert_eq!(values, vec![&b"a"[..], &b"b"[..], &b"c"[..]]);
+
+    // Transactions are not supported: a transactional id is refused with a clear code.
+    let mut txn = InitProducerIdRequest::default();
+    txn.transactional_id = Some(StrBytes::from_static_str("txn-1").into());
+    let refused: InitProducerIdResponse = boot.call(ApiKey::InitProducerId, 4, &txn);
+    assert_eq!(refused.error_code, 53);
+    assert_eq!(refused.producer_id.0, -1);
+}

@@ -35,9 +35,10 @@ use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use kafka_protocol::messages::{
     api_versions_response::ApiVersion, fetch_response, list_offsets_response, metadata_response,
     produce_response, ApiKey as KafkaApi, ApiVersionsRequest, ApiVersionsResponse, BrokerId,
-    FetchRequest as KFetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse,
-    MetadataRequest, MetadataResponse, ProduceRequest as KProduceRequest, ProduceResponse,
-    RequestHeader, ResponseHeader, TopicName,
+    FetchRequest as KFetchRequest, FetchResponse, InitProducerIdRequest, InitProducerIdResponse,
+    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
+    ProduceRequest as KProduceRequest, ProduceResponse, ProducerId, RequestHeader, ResponseHeader,
+    TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use rkyv::util::AlignedVec;
@@ -67,6 +68,7 @@ pub const SUPPORTED: &[(KafkaApi, i16, i16)] = &[
     (KafkaApi::ListOffsets, 1, 7),
     (KafkaApi::Metadata, 0, 12),
     (KafkaApi::ApiVersions, 0, 4),
+    (KafkaApi::InitProducerId, 0, 4),
 ];
 
 /// Kafka error codes this listener answers with.
@@ -216,6 +218,8 @@ pub enum KafkaRequest {
     Fetch(KFetchRequest),
     /// Offsets by time.
     ListOffsets(ListOffsetsRequest),
+    /// A producer id for an idempotent producer.
+    InitProducerId(InitProducerIdRequest),
 }
 
 /// A decoded request with what its response needs.
@@ -283,6 +287,9 @@ pub fn decode_request(frame: &[u8]) -> Result<Decoded, String> {
         KafkaApi::ListOffsets => {
             KafkaRequest::ListOffsets(ListOffsetsRequest::decode(&mut buf, version).map_err(bad)?)
         }
+        KafkaApi::InitProducerId => KafkaRequest::InitProducerId(
+            InitProducerIdRequest::decode(&mut buf, version).map_err(bad)?,
+        ),
         other => return Err(format!("{other:?} is not served")),
     };
     Ok(Decoded {
@@ -331,6 +338,10 @@ async fn handle<I: Io>(
         }
         KafkaRequest::ListOffsets(r) => {
             let response = list_offsets(shard, shared, session, r).await;
+            encode(api, version, cid, &response).map(Some)
+        }
+        KafkaRequest::InitProducerId(r) => {
+            let response = init_producer_id(shard, shared, session, r).await;
             encode(api, version, cid, &response).map(Some)
         }
     }
@@ -721,6 +732,39 @@ async fn fetch<I: Io>(
         out.error_code = kafka_code(top_error);
     }
     out.throttle_time_ms = throttle_ms.min(i32::MAX as u32) as i32;
+    out
+}
+
+/// A producer id for an idempotent Kafka producer: Levee's own (InitProducer), epoch 0. Its
+/// batches then carry the id and their sequences into the Levee records, and the partition's
+/// owner stores each batch once however often it is resent (docs/protocol.md §6.8). A
+/// transactional producer is refused: transactions are not supported.
+async fn init_producer_id<I: Io>(
+    shard: &Rc<Shard<I>>,
+    shared: &Arc<Shared>,
+    session: &Session,
+    r: InitProducerIdRequest,
+) -> InitProducerIdResponse {
+    let mut out = InitProducerIdResponse::default();
+    out.producer_id = ProducerId(-1);
+    out.producer_epoch = -1;
+    if r.transactional_id.is_some_and(|t| !t.0.is_empty()) {
+        out.error_code = code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED;
+        return out;
+    }
+    let mut frame = Vec::new();
+    let answer = match protocol::encode_request(&mut frame, 0, &Request::InitProducer) {
+        Ok(()) => call(shard, shared, session, &frame).await,
+        Err(_) => None,
+    };
+    match answer.map(|a| levee_response(ApiKey::InitProducer, &a)) {
+        Some(Ok(Response::InitProducer { producer_id })) => {
+            out.producer_id = ProducerId(producer_id as i64);
+            out.producer_epoch = 0;
+        }
+        Some(Err(e)) => out.error_code = kafka_code(e),
+        _ => out.error_code = code::UNKNOWN_SERVER_ERROR,
+    }
     out
 }
 

@@ -95,10 +95,17 @@ pub fn decode_batches(records: &Bytes) -> Result<Vec<Message>, BatchError> {
             if r.control || r.transactional {
                 return Err(BatchError::Transactional);
             }
+            // An idempotent producer's batch (id from InitProducerId, sequences from 0 per
+            // partition) becomes a Levee idempotent run: same id, same sequences.
+            let (producer_id, sequence) = if r.producer_id >= 0 && r.sequence >= 0 {
+                (r.producer_id as u64, r.sequence as u64)
+            } else {
+                (0, 0)
+            };
             messages.push(Message {
                 timestamp_ms: r.timestamp,
-                producer_id: 0,
-                sequence: 0,
+                producer_id,
+                sequence,
                 key: r.key.map(|k| k.to_vec()),
                 value: r.value.map(|v| v.to_vec()).unwrap_or_default(),
                 headers: r
