@@ -51,6 +51,8 @@ pub struct BrokerArgs {
 pub struct Broker {
     /// The bootstrap address.
     pub addr: String,
+    /// Shard 0's Kafka listener, when the broker was started with `--kafka-listen`.
+    pub kafka: Option<String>,
     /// Set when this process started the broker.
     child: Option<Child>,
     /// The temporary data dir, removed once the broker is stopped.
@@ -63,6 +65,7 @@ impl Broker {
         if let Some(addr) = &args.broker {
             return Ok(Broker {
                 addr: addr.clone(),
+                kafka: None,
                 child: None,
                 data_dir: None,
             });
@@ -109,6 +112,7 @@ impl Broker {
             })?;
         let mut broker = Broker {
             addr: String::new(),
+            kafka: None,
             child: Some(child),
             data_dir: Some(dir),
         };
@@ -128,6 +132,10 @@ impl Broker {
         broker.addr = parse_ready_line(&line)
             .with_context(|| format!("unexpected ready line: {line}"))?
             .to_string();
+        broker.kafka = line
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix("kafka="))
+            .map(str::to_string);
         eprintln!("started {} ({line})", bin.display());
         Ok(broker)
     }

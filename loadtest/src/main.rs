@@ -8,6 +8,8 @@
 //!   allows, on Levee, Redis Streams or NATS JetStream (`--target`), with a plot of the shaved peak.
 //! - `registration`: a sign-up's side effects (SMS, gift, retried on failures) done in the request
 //!   against through Levee with two groups and dead letters, latency the user sees side by side.
+//! - `kafka-throughput`: produce and fetch MB/s through the Kafka listener and through Levee's
+//!   own protocol, same records, same run.
 //! - `latency`: open-loop single messages at a fixed rate, ack and end-to-end latency measured
 //!   from each message's scheduled send time; or one in flight (`--one-in-flight`), compared with
 //!   a 64-byte TCP ping-pong (`--baseline`).
@@ -20,6 +22,7 @@ mod baseline;
 mod broker;
 mod common;
 mod flash_sale;
+mod kafka;
 mod latency;
 mod plot;
 mod registration;
@@ -47,6 +50,8 @@ enum Scenario {
     FlashSale(Box<flash_sale::FlashSaleArgs>),
     /// Sign-up side effects done synchronously against through Levee with two groups.
     Registration(Box<registration::RegistrationArgs>),
+    /// Produce and fetch MB/s through the Kafka listener against Levee's own protocol.
+    KafkaThroughput(Box<kafka::KafkaThroughputArgs>),
 }
 
 fn main() -> std::process::ExitCode {
@@ -56,6 +61,7 @@ fn main() -> std::process::ExitCode {
         Scenario::Latency(args) => latency::run(args),
         Scenario::FlashSale(args) => flash_sale::run(*args),
         Scenario::Registration(args) => registration::run(*args),
+        Scenario::KafkaThroughput(args) => kafka::run(*args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
