@@ -103,6 +103,9 @@ pub struct BrokerConfig {
     /// host at this port + `n` (or on OS-assigned ports when the port is 0) and is advertised in
     /// Kafka Metadata as broker `n`.
     pub kafka_listen: Option<SocketAddr>,
+    /// A Kafka Metadata request that allows it creates the topics it names and that do not
+    /// exist (one partition, the broker's retention), as Kafka's `auto.create.topics.enable`.
+    pub kafka_auto_create_topics: bool,
     /// Number of shards (executors, one per core).
     pub shards: u16,
     /// Durability policy.
@@ -189,6 +192,7 @@ impl Default for BrokerConfig {
             listen: "127.0.0.1:7070".parse().expect("valid literal"),
             metrics_listen: "127.0.0.1:9464".parse().expect("valid literal"),
             kafka_listen: None,
+            kafka_auto_create_topics: false,
             shards: std::thread::available_parallelism()
                 .map_or(1, |n| n.get().min(u16::MAX as usize) as u16),
             fsync: FsyncPolicy::Interval(Duration::from_millis(1000)),
@@ -245,6 +249,9 @@ pub struct ConfigLayer {
     /// Kafka wire-protocol listener of shard 0; shard N listens on port + N [default: off].
     #[arg(long, env = "LEVEE_KAFKA_LISTEN")]
     pub kafka_listen: Option<SocketAddr>,
+    /// Kafka Metadata creates missing topics it is allowed to [default: false].
+    #[arg(long, env = "LEVEE_KAFKA_AUTO_CREATE_TOPICS", num_args = 0..=1, default_missing_value = "true")]
+    pub kafka_auto_create_topics: Option<bool>,
     /// Number of shards [default: number of CPUs].
     #[arg(long, env = "LEVEE_SHARDS")]
     pub shards: Option<u16>,
@@ -405,6 +412,7 @@ impl ConfigLayer {
             listen,
             metrics_listen,
             kafka_listen,
+            kafka_auto_create_topics,
             shards,
             fsync,
             pin_cpus,
@@ -476,6 +484,9 @@ impl ConfigLayer {
             listen: self.listen.unwrap_or(d.listen),
             metrics_listen: self.metrics_listen.unwrap_or(d.metrics_listen),
             kafka_listen: self.kafka_listen.or(d.kafka_listen),
+            kafka_auto_create_topics: self
+                .kafka_auto_create_topics
+                .unwrap_or(d.kafka_auto_create_topics),
             shards: self.shards.unwrap_or(d.shards),
             fsync,
             pin_cpus: self.pin_cpus.unwrap_or(d.pin_cpus),

@@ -530,3 +530,82 @@ fn given_an_idempotent_kafka_producer_when_a_batch_is_resent_should_store_it_onc
     assert_eq!(refused.error_code, 53);
     assert_eq!(refused.producer_id.0, -1);
 }
+
+#[test]
+fn given_create_and_delete_topics_when_sent_should_manage_levee_topics() {
+    use kafka_protocol::messages::{
+        create_topics_request, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
+        DeleteTopicsResponse,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let broker = TestBroker::start(
+        dir.path(),
+        &[
+            "--kafka-listen",
+            "127.0.0.1:0",
+            "--kafka-auto-create-topics",
+        ],
+    );
+    let client = Client::connect(&broker.addr.to_string(), ClientConfig::default()).unwrap();
+    let mut k = Kafka::connect(broker.kafka.unwrap());
+    let creatable = |name: &str, partitions: i32, replication: i16| {
+        let mut t = create_topics_request::CreatableTopic::default();
+        t.name = self::name(name);
+        t.num_partitions = partitions;
+        t.replication_factor = replication;
+        t
+    };
+    let mut retention = creatable("made-by-kafka", 3, -1);
+    let mut c = create_topics_request::CreatableTopicConfig::default();
+    c.name = StrBytes::from_static_str("retention.ms");
+    c.value = Some(StrBytes::from_static_str("3600000"));
+    retention.configs = vec![c];
+    let mut r = CreateTopicsRequest::default();
+    r.timeout_ms = 10_000;
+    r.topics = vec![
+        retention,
+        creatable("made-by-kafka", 1, 1),
+        creatable("replicated", 1, 3),
+        creatable("bad name!", 1, 1),
+    ];
+    let created: CreateTopicsResponse = k.call(ApiKey::CreateTopics, 7, &r);
+    let codes: Vec<i16> = created.topics.iter().map(|t| t.error_code).collect();
+    assert_eq!(codes, vec![0, 36, 38, 17]);
+    assert_eq!(created.topics[0].num_partitions, 3);
+    let described = client.describe_topic("made-by-kafka").unwrap();
+    assert_eq!(described.config.partitions, 3);
+    assert_eq!(described.config.retention_ms, Some(3_600_000));
+
+    // Metadata may create a topic when the broker allows it and the request asks.
+    let mut t = metadata_request::MetadataRequestTopic::default();
+    t.name = Some(name("auto-made"));
+    let mut m = MetadataRequest::default();
+    m.topics = Some(vec![t]);
+    m.allow_auto_topic_creation = true;
+    let md: MetadataResponse = k.call(ApiKey::Metadata, 12, &m);
+    assert_eq!(md.topics[0].error_code, 0);
+    assert_eq!(md.topics[0].partitions.len(), 1);
+
+    let mut d = DeleteTopicsRequest::default();
+    d.timeout_ms = 10_000;
+    d.topic_names = vec![name("made-by-kafka"), name("never-was")];
+    let deleted: DeleteTopicsResponse = k.call(ApiKey::DeleteTopics, 5, &d);
+    let codes: Vec<i16> = deleted.responses.iter().map(|t| t.error_code).collect();
+    assert_eq!(codes, vec![0, 3]);
+    assert!(client.describe_topic("made-by-kafka").is_err());
+}
+
+#[test]
+fn given_auto_creation_off_when_metadata_names_a_missing_topic_should_not_create_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, client) = start(dir.path());
+    let mut k = Kafka::connect(broker.kafka.unwrap());
+    let mut t = metadata_request::MetadataRequestTopic::default();
+    t.name = Some(name("not-made"));
+    let mut m = MetadataRequest::default();
+    m.topics = Some(vec![t]);
+    m.allow_auto_topic_creation = true;
+    let md: MetadataResponse = k.call(ApiKey::Metadata, 12, &m);
+    assert_eq!(md.topics[0].error_code, 3);
+    assert!(client.describe_topic("not-made").is_err());
+}

@@ -33,12 +33,13 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use kafka_protocol::messages::{
-    api_versions_response::ApiVersion, fetch_response, list_offsets_response, metadata_response,
-    produce_response, ApiKey as KafkaApi, ApiVersionsRequest, ApiVersionsResponse, BrokerId,
-    FetchRequest as KFetchRequest, FetchResponse, InitProducerIdRequest, InitProducerIdResponse,
-    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
-    ProduceRequest as KProduceRequest, ProduceResponse, ProducerId, RequestHeader, ResponseHeader,
-    TopicName,
+    api_versions_response::ApiVersion, create_topics_response, delete_topics_response,
+    fetch_response, list_offsets_response, metadata_response, produce_response, ApiKey as KafkaApi,
+    ApiVersionsRequest, ApiVersionsResponse, BrokerId, CreateTopicsRequest, CreateTopicsResponse,
+    DeleteTopicsRequest, DeleteTopicsResponse, FetchRequest as KFetchRequest, FetchResponse,
+    InitProducerIdRequest, InitProducerIdResponse, ListOffsetsRequest, ListOffsetsResponse,
+    MetadataRequest, MetadataResponse, ProduceRequest as KProduceRequest, ProduceResponse,
+    ProducerId, RequestHeader, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use rkyv::util::AlignedVec;
@@ -49,7 +50,7 @@ use super::{handler, Session, Shared};
 use crate::catalog::INTERNAL_PREFIX;
 use crate::protocol::{
     self, Acks, ApiKey, ErrorCode, FetchBlock, FetchRequest, ListOffsetsBlock, OffsetSpec, Request,
-    Response,
+    Response, TopicConfig,
 };
 use crate::runtime::{self, TcpListener, TcpStream};
 use crate::shard::Shard;
@@ -68,6 +69,8 @@ pub const SUPPORTED: &[(KafkaApi, i16, i16)] = &[
     (KafkaApi::ListOffsets, 1, 7),
     (KafkaApi::Metadata, 0, 12),
     (KafkaApi::ApiVersions, 0, 4),
+    (KafkaApi::CreateTopics, 0, 7),
+    (KafkaApi::DeleteTopics, 0, 6),
     (KafkaApi::InitProducerId, 0, 4),
 ];
 
@@ -85,6 +88,10 @@ mod code {
     pub const RECORD_LIST_TOO_LARGE: i16 = 18;
     pub const INVALID_REQUIRED_ACKS: i16 = 21;
     pub const UNSUPPORTED_VERSION: i16 = 35;
+    pub const TOPIC_ALREADY_EXISTS: i16 = 36;
+    pub const INVALID_PARTITIONS: i16 = 37;
+    pub const INVALID_REPLICATION_FACTOR: i16 = 38;
+    pub const INVALID_CONFIG: i16 = 40;
     pub const INVALID_REQUEST: i16 = 42;
     pub const UNSUPPORTED_FOR_MESSAGE_FORMAT: i16 = 43;
     pub const POLICY_VIOLATION: i16 = 44;
@@ -105,6 +112,8 @@ fn kafka_code(e: ErrorCode) -> i16 {
         ErrorCode::RecordTooLarge => code::MESSAGE_TOO_LARGE,
         ErrorCode::FrameTooLarge | ErrorCode::LimitExceeded => code::RECORD_LIST_TOO_LARGE,
         ErrorCode::InvalidTopicName => code::INVALID_TOPIC_EXCEPTION,
+        ErrorCode::TopicAlreadyExists => code::TOPIC_ALREADY_EXISTS,
+        ErrorCode::InvalidConfig => code::INVALID_CONFIG,
         ErrorCode::InvalidRequest => code::INVALID_REQUEST,
         ErrorCode::UnsupportedVersion | ErrorCode::UnknownApiKey => code::UNSUPPORTED_VERSION,
         ErrorCode::StorageFull | ErrorCode::StorageFailed => code::KAFKA_STORAGE_ERROR,
@@ -220,6 +229,10 @@ pub enum KafkaRequest {
     ListOffsets(ListOffsetsRequest),
     /// A producer id for an idempotent producer.
     InitProducerId(InitProducerIdRequest),
+    /// Topics to create.
+    CreateTopics(CreateTopicsRequest),
+    /// Topics to delete.
+    DeleteTopics(DeleteTopicsRequest),
 }
 
 /// A decoded request with what its response needs.
@@ -290,6 +303,12 @@ pub fn decode_request(frame: &[u8]) -> Result<Decoded, String> {
         KafkaApi::InitProducerId => KafkaRequest::InitProducerId(
             InitProducerIdRequest::decode(&mut buf, version).map_err(bad)?,
         ),
+        KafkaApi::CreateTopics => {
+            KafkaRequest::CreateTopics(CreateTopicsRequest::decode(&mut buf, version).map_err(bad)?)
+        }
+        KafkaApi::DeleteTopics => {
+            KafkaRequest::DeleteTopics(DeleteTopicsRequest::decode(&mut buf, version).map_err(bad)?)
+        }
         other => return Err(format!("{other:?} is not served")),
     };
     Ok(Decoded {
@@ -322,7 +341,8 @@ async fn handle<I: Io>(
             encode(api, 0, cid, &api_versions_body(code::UNSUPPORTED_VERSION)).map(Some)
         }
         KafkaRequest::Metadata(r) => {
-            encode(api, version, cid, &metadata(shard, shared, &r)).map(Some)
+            let response = metadata(shard, shared, session, &r).await;
+            encode(api, version, cid, &response).map(Some)
         }
         KafkaRequest::Produce(r) => {
             let quiet = r.acks == 0;
@@ -342,6 +362,14 @@ async fn handle<I: Io>(
         }
         KafkaRequest::InitProducerId(r) => {
             let response = init_producer_id(shard, shared, session, r).await;
+            encode(api, version, cid, &response).map(Some)
+        }
+        KafkaRequest::CreateTopics(r) => {
+            let response = create_topics(shard, shared, session, r).await;
+            encode(api, version, cid, &response).map(Some)
+        }
+        KafkaRequest::DeleteTopics(r) => {
+            let response = delete_topics(shard, shared, session, r).await;
             encode(api, version, cid, &response).map(Some)
         }
     }
@@ -389,7 +417,12 @@ fn topic_name(name: &str) -> TopicName {
 
 /// Brokers (one per shard, with its Kafka address) and the topics asked for (all but internal
 /// ones when none are named); every partition's leader is its owner shard.
-fn metadata<I: Io>(shard: &Rc<Shard<I>>, shared: &Shared, r: &MetadataRequest) -> MetadataResponse {
+async fn metadata<I: Io>(
+    shard: &Rc<Shard<I>>,
+    shared: &Arc<Shared>,
+    session: &Session,
+    r: &MetadataRequest,
+) -> MetadataResponse {
     let mut out = MetadataResponse::default();
     let addrs = shared.kafka_addrs.get().cloned().unwrap_or_default();
     out.brokers = addrs
@@ -405,6 +438,28 @@ fn metadata<I: Io>(shard: &Rc<Shard<I>>, shared: &Shared, r: &MetadataRequest) -
         .collect();
     out.cluster_id = Some(StrBytes::from_static_str("levee"));
     out.controller_id = BrokerId(0);
+    if shared.config.kafka_auto_create_topics && r.allow_auto_topic_creation {
+        // Topics named and missing are created with the broker's defaults (one partition), as
+        // Kafka's auto.create.topics.enable does; a name that cannot be a topic stays unknown.
+        let catalog = shard.topics();
+        for t in r.topics.iter().flatten() {
+            if let Some(name) = &t.name {
+                let name = name.0.as_str();
+                if catalog.get(name).is_none() && !name.starts_with(INTERNAL_PREFIX) {
+                    let _ = levee_done(
+                        shard,
+                        shared,
+                        session,
+                        &Request::CreateTopic {
+                            name: name.to_string(),
+                            config: TopicConfig::default(),
+                        },
+                    )
+                    .await;
+                }
+            }
+        }
+    }
     let catalog = shard.topics();
     let names: Vec<String> = match &r.topics {
         None => catalog
@@ -764,6 +819,174 @@ async fn init_producer_id<I: Io>(
         }
         Some(Err(e)) => out.error_code = kafka_code(e),
         _ => out.error_code = code::UNKNOWN_SERVER_ERROR,
+    }
+    out
+}
+
+/// Runs a Levee request answered with `Done` (topic administration): `Ok`, or its error code
+/// and message.
+async fn levee_done<I: Io>(
+    shard: &Rc<Shard<I>>,
+    shared: &Arc<Shared>,
+    session: &Session,
+    request: &Request,
+) -> Result<(), (ErrorCode, String)> {
+    let mut frame = Vec::new();
+    protocol::encode_request(&mut frame, 0, request)
+        .map_err(|e| (ErrorCode::InvalidRequest, e.to_string()))?;
+    let out = call(shard, shared, session, &frame)
+        .await
+        .ok_or((ErrorCode::Internal, "no answer".to_string()))?;
+    match levee_response(request.api_key(), &out) {
+        Ok(_) => Ok(()),
+        Err(code) => Err((code, protocol::error_message(&out))),
+    }
+}
+
+/// The Levee topic settings of a Kafka CreateTopics entry, or the Kafka code and message it is
+/// refused with. Replication factor -1 or 1 (one node); `retention.ms` and `retention.bytes`
+/// (-1: unlimited) are the configs understood.
+fn topic_config(
+    t: &kafka_protocol::messages::create_topics_request::CreatableTopic,
+) -> Result<TopicConfig, (i16, String)> {
+    if !t.assignments.is_empty() {
+        return Err((
+            code::INVALID_REQUEST,
+            "manual replica assignment is not supported".into(),
+        ));
+    }
+    if t.replication_factor != -1 && t.replication_factor != 1 {
+        return Err((
+            code::INVALID_REPLICATION_FACTOR,
+            format!(
+                "replication factor {} on a single node (use 1 or -1)",
+                t.replication_factor
+            ),
+        ));
+    }
+    let partitions = match t.num_partitions {
+        -1 => 1,
+        n if n > 0 => n as u32,
+        n => return Err((code::INVALID_PARTITIONS, format!("{n} partitions"))),
+    };
+    let mut config = TopicConfig {
+        partitions,
+        ..TopicConfig::default()
+    };
+    for c in &t.configs {
+        let value = c.value.as_ref().map(|v| v.as_str()).unwrap_or("");
+        let limit = |v: &str| -> Result<Option<u64>, (i16, String)> {
+            match v.parse::<i64>() {
+                Ok(-1) => Ok(None),
+                Ok(n) if n > 0 => Ok(Some(n as u64)),
+                _ => Err((
+                    code::INVALID_CONFIG,
+                    format!("{}={v}: expected a positive integer or -1", c.name.as_str()),
+                )),
+            }
+        };
+        match c.name.as_str() {
+            "retention.ms" => config.retention_ms = limit(value)?,
+            "retention.bytes" => config.retention_bytes = limit(value)?,
+            other => {
+                return Err((
+                    code::INVALID_CONFIG,
+                    format!(
+                        "config {other} is not supported (retention.ms and retention.bytes are)"
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(config)
+}
+
+async fn create_topics<I: Io>(
+    shard: &Rc<Shard<I>>,
+    shared: &Arc<Shared>,
+    session: &Session,
+    r: CreateTopicsRequest,
+) -> CreateTopicsResponse {
+    let mut out = CreateTopicsResponse::default();
+    for t in &r.topics {
+        let mut result = create_topics_response::CreatableTopicResult::default();
+        result.name = t.name.clone();
+        let outcome = match topic_config(t) {
+            Err(e) => Err(e),
+            Ok(config) => {
+                result.num_partitions = config.partitions as i32;
+                result.replication_factor = 1;
+                if r.validate_only {
+                    Ok(())
+                } else {
+                    let request = Request::CreateTopic {
+                        name: t.name.0.as_str().to_string(),
+                        config,
+                    };
+                    levee_done(shard, shared, session, &request)
+                        .await
+                        .map_err(|(c, m)| (create_code(c), m))
+                }
+            }
+        };
+        if let Err((c, message)) = outcome {
+            result.error_code = c;
+            result.error_message = Some(StrBytes::from_string(message));
+            result.num_partitions = -1;
+            result.replication_factor = -1;
+        }
+        out.topics.push(result);
+    }
+    out
+}
+
+/// A Levee code from creating a topic, as CreateTopics reports it.
+fn create_code(c: ErrorCode) -> i16 {
+    match c {
+        // Over topic_partitions_max or partitions_max.
+        ErrorCode::LimitExceeded => code::INVALID_PARTITIONS,
+        other => kafka_code(other),
+    }
+}
+
+async fn delete_topics<I: Io>(
+    shard: &Rc<Shard<I>>,
+    shared: &Arc<Shared>,
+    session: &Session,
+    r: DeleteTopicsRequest,
+) -> DeleteTopicsResponse {
+    // Versions 0-5 name topics in `topic_names`, version 6 in `topics` (by name; ids are all zero
+    // here, so a topic named by id alone is unknown).
+    let names: Vec<Option<TopicName>> = if r.topics.is_empty() {
+        r.topic_names.iter().cloned().map(Some).collect()
+    } else {
+        r.topics.iter().map(|t| t.name.clone()).collect()
+    };
+    let mut out = DeleteTopicsResponse::default();
+    for name in names {
+        let mut result = delete_topics_response::DeletableTopicResult::default();
+        result.name = name.clone();
+        let outcome = match &name {
+            None => Err((
+                code::UNKNOWN_TOPIC_OR_PARTITION,
+                "topic ids are not supported".to_string(),
+            )),
+            Some(n) => levee_done(
+                shard,
+                shared,
+                session,
+                &Request::DeleteTopic {
+                    name: n.0.as_str().to_string(),
+                },
+            )
+            .await
+            .map_err(|(c, m)| (kafka_code(c), m)),
+        };
+        if let Err((c, message)) = outcome {
+            result.error_code = c;
+            result.error_message = Some(StrBytes::from_string(message));
+        }
+        out.responses.push(result);
     }
     out
 }
