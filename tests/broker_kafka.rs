@@ -609,3 +609,100 @@ fn given_auto_creation_off_when_metadata_names_a_missing_topic_should_not_create
     assert_eq!(md.topics[0].error_code, 3);
     assert!(client.describe_topic("not-made").is_err());
 }
+
+#[test]
+fn given_a_consumer_without_membership_when_it_commits_should_fetch_the_offsets_and_metadata_back()
+{
+    use kafka_protocol::messages::{
+        offset_commit_request, offset_fetch_request, FindCoordinatorRequest,
+        FindCoordinatorResponse, GroupId, OffsetCommitRequest, OffsetCommitResponse,
+        OffsetFetchRequest, OffsetFetchResponse,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, client) = start(dir.path());
+    client
+        .create_topic(
+            "tracked",
+            TopicConfig {
+                partitions: 2,
+                ..TopicConfig::default()
+            },
+        )
+        .unwrap();
+    let mut boot = Kafka::connect(broker.kafka.unwrap());
+    let m = metadata(&mut boot, "tracked");
+
+    // The coordinator is one of the brokers Metadata names.
+    let mut fc = FindCoordinatorRequest::default();
+    fc.key = StrBytes::from_static_str("billing");
+    let found: FindCoordinatorResponse = boot.call(ApiKey::FindCoordinator, 3, &fc);
+    assert_eq!(found.error_code, 0);
+    assert!(m
+        .brokers
+        .iter()
+        .any(|b| b.node_id == found.node_id && b.port == found.port && b.host == found.host));
+    let mut txn = FindCoordinatorRequest::default();
+    txn.key = StrBytes::from_static_str("txn");
+    txn.key_type = 1;
+    let refused: FindCoordinatorResponse = boot.call(ApiKey::FindCoordinator, 3, &txn);
+    assert_eq!(refused.error_code, 15);
+
+    let mut k = Kafka::connect(
+        format!("{}:{}", found.host.as_str(), found.port)
+            .parse()
+            .unwrap(),
+    );
+    let commit = |member: &str, generation: i32| {
+        let mut p = offset_commit_request::OffsetCommitRequestPartition::default();
+        p.partition_index = 1;
+        p.committed_offset = 42;
+        p.committed_metadata = Some(StrBytes::from_static_str("worker-7"));
+        let mut t = offset_commit_request::OffsetCommitRequestTopic::default();
+        t.name = name("tracked");
+        t.partitions = vec![p];
+        let mut r = OffsetCommitRequest::default();
+        r.group_id = GroupId(StrBytes::from_static_str("billing"));
+        r.generation_id_or_member_epoch = generation;
+        r.member_id = StrBytes::from_string(member.to_string());
+        r.topics = vec![t];
+        r
+    };
+    let r: OffsetCommitResponse = k.call(ApiKey::OffsetCommit, 8, &commit("", -1));
+    assert_eq!(r.topics[0].partitions[0].error_code, 0);
+    // A member id this broker never gave out.
+    let r: OffsetCommitResponse = k.call(ApiKey::OffsetCommit, 8, &commit("stranger", 3));
+    assert_eq!(r.topics[0].partitions[0].error_code, 25);
+
+    let mut t = offset_fetch_request::OffsetFetchRequestTopic::default();
+    t.name = name("tracked");
+    t.partition_indexes = vec![0, 1];
+    let mut f = OffsetFetchRequest::default();
+    f.group_id = GroupId(StrBytes::from_static_str("billing"));
+    f.topics = Some(vec![t]);
+    let got: OffsetFetchResponse = k.call(ApiKey::OffsetFetch, 7, &f);
+    assert_eq!(got.error_code, 0);
+    let mut parts: Vec<_> = got.topics[0]
+        .partitions
+        .iter()
+        .map(|p| {
+            (
+                p.partition_index,
+                p.committed_offset,
+                p.metadata.as_ref().map(|m| m.as_str().to_string()),
+            )
+        })
+        .collect();
+    parts.sort();
+    assert_eq!(
+        parts,
+        vec![
+            (0, -1, Some(String::new())),
+            (1, 42, Some("worker-7".to_string()))
+        ]
+    );
+    // Levee's own client sees the same commit.
+    let levee = client
+        .fetch_offsets("billing", &[("tracked".to_string(), 1)])
+        .unwrap();
+    assert_eq!(levee[0].offset, Some(42));
+}

@@ -34,12 +34,15 @@ use bytes::{Bytes, BytesMut};
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use kafka_protocol::messages::{
     api_versions_response::ApiVersion, create_topics_response, delete_topics_response,
-    fetch_response, list_offsets_response, metadata_response, produce_response, ApiKey as KafkaApi,
-    ApiVersionsRequest, ApiVersionsResponse, BrokerId, CreateTopicsRequest, CreateTopicsResponse,
-    DeleteTopicsRequest, DeleteTopicsResponse, FetchRequest as KFetchRequest, FetchResponse,
-    InitProducerIdRequest, InitProducerIdResponse, ListOffsetsRequest, ListOffsetsResponse,
-    MetadataRequest, MetadataResponse, ProduceRequest as KProduceRequest, ProduceResponse,
-    ProducerId, RequestHeader, ResponseHeader, TopicName,
+    fetch_response, list_offsets_response, metadata_response, offset_commit_response,
+    offset_fetch_response, produce_response, ApiKey as KafkaApi, ApiVersionsRequest,
+    ApiVersionsResponse, BrokerId, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
+    DeleteTopicsResponse, FetchRequest as KFetchRequest, FetchResponse, FindCoordinatorRequest,
+    FindCoordinatorResponse, InitProducerIdRequest, InitProducerIdResponse, ListOffsetsRequest,
+    ListOffsetsResponse, MetadataRequest, MetadataResponse,
+    OffsetCommitRequest as KOffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest,
+    OffsetFetchResponse, ProduceRequest as KProduceRequest, ProduceResponse, ProducerId,
+    RequestHeader, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use rkyv::util::AlignedVec;
@@ -67,6 +70,9 @@ pub const SUPPORTED: &[(KafkaApi, i16, i16)] = &[
     (KafkaApi::Produce, 0, 9),
     (KafkaApi::Fetch, 4, 12),
     (KafkaApi::ListOffsets, 1, 7),
+    (KafkaApi::OffsetCommit, 2, 8),
+    (KafkaApi::OffsetFetch, 1, 7),
+    (KafkaApi::FindCoordinator, 0, 3),
     (KafkaApi::Metadata, 0, 12),
     (KafkaApi::ApiVersions, 0, 4),
     (KafkaApi::CreateTopics, 0, 7),
@@ -100,6 +106,11 @@ mod code {
     pub const KAFKA_STORAGE_ERROR: i16 = 56;
     pub const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
     pub const THROTTLING_QUOTA_EXCEEDED: i16 = 89;
+    pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
+    pub const ILLEGAL_GENERATION: i16 = 22;
+    pub const INVALID_GROUP_ID: i16 = 24;
+    pub const UNKNOWN_MEMBER_ID: i16 = 25;
+    pub const REBALANCE_IN_PROGRESS: i16 = 27;
 }
 
 /// The Kafka code of a Levee error code.
@@ -124,6 +135,11 @@ fn kafka_code(e: ErrorCode) -> i16 {
         ErrorCode::Throttled => code::THROTTLING_QUOTA_EXCEEDED,
         ErrorCode::OutOfOrderSequence => code::OUT_OF_ORDER_SEQUENCE_NUMBER,
         ErrorCode::DuplicateSequence => code::DUPLICATE_SEQUENCE_NUMBER,
+        ErrorCode::UnknownMember => code::UNKNOWN_MEMBER_ID,
+        ErrorCode::IllegalGeneration => code::ILLEGAL_GENERATION,
+        ErrorCode::RebalanceInProgress => code::REBALANCE_IN_PROGRESS,
+        // A commit without membership to a group whose members are Levee clients: not theirs.
+        ErrorCode::GroupNotEmpty => code::UNKNOWN_MEMBER_ID,
         _ => code::UNKNOWN_SERVER_ERROR,
     }
 }
@@ -233,6 +249,12 @@ pub enum KafkaRequest {
     CreateTopics(CreateTopicsRequest),
     /// Topics to delete.
     DeleteTopics(DeleteTopicsRequest),
+    /// Which broker coordinates a group.
+    FindCoordinator(FindCoordinatorRequest),
+    /// A group's positions to store.
+    OffsetCommit(KOffsetCommitRequest),
+    /// A group's stored positions.
+    OffsetFetch(OffsetFetchRequest),
 }
 
 /// A decoded request with what its response needs.
@@ -309,6 +331,15 @@ pub fn decode_request(frame: &[u8]) -> Result<Decoded, String> {
         KafkaApi::DeleteTopics => {
             KafkaRequest::DeleteTopics(DeleteTopicsRequest::decode(&mut buf, version).map_err(bad)?)
         }
+        KafkaApi::FindCoordinator => KafkaRequest::FindCoordinator(
+            FindCoordinatorRequest::decode(&mut buf, version).map_err(bad)?,
+        ),
+        KafkaApi::OffsetCommit => KafkaRequest::OffsetCommit(
+            KOffsetCommitRequest::decode(&mut buf, version).map_err(bad)?,
+        ),
+        KafkaApi::OffsetFetch => {
+            KafkaRequest::OffsetFetch(OffsetFetchRequest::decode(&mut buf, version).map_err(bad)?)
+        }
         other => return Err(format!("{other:?} is not served")),
     };
     Ok(Decoded {
@@ -370,6 +401,17 @@ async fn handle<I: Io>(
         }
         KafkaRequest::DeleteTopics(r) => {
             let response = delete_topics(shard, shared, session, r).await;
+            encode(api, version, cid, &response).map(Some)
+        }
+        KafkaRequest::FindCoordinator(r) => {
+            encode(api, version, cid, &find_coordinator(shard, shared, &r)).map(Some)
+        }
+        KafkaRequest::OffsetCommit(r) => {
+            let response = offset_commit(shard, shared, session, r).await;
+            encode(api, version, cid, &response).map(Some)
+        }
+        KafkaRequest::OffsetFetch(r) => {
+            let response = offset_fetch(shard, shared, session, r).await;
             encode(api, version, cid, &response).map(Some)
         }
     }
@@ -987,6 +1029,217 @@ async fn delete_topics<I: Io>(
             result.error_message = Some(StrBytes::from_string(message));
         }
         out.responses.push(result);
+    }
+    out
+}
+
+/// The broker (shard) that coordinates a group: the owner of its offsets partition, as for
+/// Levee's own groups. Transaction coordinators do not exist here.
+fn find_coordinator<I: Io>(
+    shard: &Rc<Shard<I>>,
+    shared: &Shared,
+    r: &FindCoordinatorRequest,
+) -> FindCoordinatorResponse {
+    let mut out = FindCoordinatorResponse::default();
+    out.node_id = BrokerId(-1);
+    out.host = StrBytes::from_static_str("");
+    out.port = -1;
+    let group = r.key.as_str();
+    let fail = |mut out: FindCoordinatorResponse, c: i16, m: &str| {
+        out.error_code = c;
+        out.error_message = Some(StrBytes::from_string(m.to_string()));
+        out
+    };
+    if r.key_type != 0 {
+        return fail(
+            out,
+            code::COORDINATOR_NOT_AVAILABLE,
+            "transactions are not supported",
+        );
+    }
+    if !protocol::valid_group_name(group) {
+        return fail(out, code::INVALID_GROUP_ID, "not a valid group name");
+    }
+    let Some(partitions) = crate::shard::groups::offsets_partitions(&shard.topics()) else {
+        return fail(
+            out,
+            code::COORDINATOR_NOT_AVAILABLE,
+            "the offsets topic is not loaded",
+        );
+    };
+    let p = crate::shard::groups::coordinator_partition(group, partitions);
+    let owner = shard.owner(crate::group::OFFSETS_TOPIC, p);
+    match shared
+        .kafka_addrs
+        .get()
+        .and_then(|a| a.get(usize::from(owner)))
+    {
+        Some(addr) => {
+            out.node_id = BrokerId(i32::from(owner));
+            out.host = StrBytes::from_string(addr.ip().to_string());
+            out.port = i32::from(addr.port());
+            out
+        }
+        None => fail(
+            out,
+            code::COORDINATOR_NOT_AVAILABLE,
+            "no Kafka listener for the coordinator",
+        ),
+    }
+}
+
+/// Stores a group's positions. Served for consumers that assign partitions themselves (no
+/// membership: generation -1 and an empty member id), as a Levee administrator's commit to a
+/// group with no members; the commit metadata string is kept and returned by OffsetFetch.
+async fn offset_commit<I: Io>(
+    shard: &Rc<Shard<I>>,
+    shared: &Arc<Shared>,
+    session: &Session,
+    r: KOffsetCommitRequest,
+) -> OffsetCommitResponse {
+    let member = r.member_id.as_str();
+    let standalone = member.is_empty() && r.generation_id_or_member_epoch < 0;
+    let mut offsets = Vec::new();
+    for t in &r.topics {
+        for p in &t.partitions {
+            if p.partition_index >= 0 && p.committed_offset >= 0 {
+                offsets.push(crate::protocol::CommitOffset {
+                    topic: t.name.0.as_str().to_string(),
+                    partition: p.partition_index as u32,
+                    offset: p.committed_offset as u64,
+                    metadata: p
+                        .committed_metadata
+                        .as_ref()
+                        .map(|m| m.as_str().to_string())
+                        .unwrap_or_default(),
+                });
+            }
+        }
+    }
+    // Until the Kafka group protocol is served, no Kafka client holds a membership.
+    let failed = if !standalone {
+        Some(code::UNKNOWN_MEMBER_ID)
+    } else {
+        let request = Request::OffsetCommit(crate::protocol::OffsetCommitRequest {
+            group: r.group_id.0.as_str().to_string(),
+            member_id: String::new(),
+            generation: crate::protocol::NO_GENERATION,
+            offsets,
+        });
+        let mut frame = Vec::new();
+        match protocol::encode_request(&mut frame, 0, &request) {
+            Err(_) => Some(code::INVALID_REQUEST),
+            Ok(()) => match call(shard, shared, session, &frame).await {
+                None => Some(code::UNKNOWN_SERVER_ERROR),
+                Some(out) => match levee_response(ApiKey::OffsetCommit, &out) {
+                    Ok(Response::OffsetCommit(results)) => {
+                        let by_tp: std::collections::HashMap<(String, u32), ErrorCode> = results
+                            .into_iter()
+                            .map(|c| ((c.topic, c.partition), c.error))
+                            .collect();
+                        return commit_response(&r, |topic, p| {
+                            match by_tp.get(&(topic.to_string(), p as u32)) {
+                                Some(e) => kafka_code(*e),
+                                None => code::INVALID_REQUEST,
+                            }
+                        });
+                    }
+                    Ok(_) => Some(code::UNKNOWN_SERVER_ERROR),
+                    Err(e) => Some(if e == ErrorCode::InvalidRequest {
+                        code::INVALID_GROUP_ID
+                    } else {
+                        kafka_code(e)
+                    }),
+                },
+            },
+        }
+    };
+    let c = failed.unwrap_or(code::UNKNOWN_SERVER_ERROR);
+    commit_response(&r, |_, _| c)
+}
+
+/// An OffsetCommit response with each partition's code from `code_of(topic, partition)`.
+fn commit_response(
+    r: &KOffsetCommitRequest,
+    code_of: impl Fn(&str, i32) -> i16,
+) -> OffsetCommitResponse {
+    let mut out = OffsetCommitResponse::default();
+    for t in &r.topics {
+        let mut tr = offset_commit_response::OffsetCommitResponseTopic::default();
+        tr.name = t.name.clone();
+        for p in &t.partitions {
+            let mut pr = offset_commit_response::OffsetCommitResponsePartition::default();
+            pr.partition_index = p.partition_index;
+            pr.error_code = if p.partition_index < 0 || p.committed_offset < 0 {
+                code::INVALID_REQUEST
+            } else {
+                code_of(t.name.0.as_str(), p.partition_index)
+            };
+            tr.partitions.push(pr);
+        }
+        out.topics.push(tr);
+    }
+    out
+}
+
+/// A group's stored positions: the partitions asked for (all it committed when `topics` is
+/// null), -1 where it committed nothing.
+async fn offset_fetch<I: Io>(
+    shard: &Rc<Shard<I>>,
+    shared: &Arc<Shared>,
+    session: &Session,
+    r: OffsetFetchRequest,
+) -> OffsetFetchResponse {
+    let asked: Vec<(String, u32)> = r
+        .topics
+        .iter()
+        .flatten()
+        .flat_map(|t| {
+            t.partition_indexes
+                .iter()
+                .filter(|&&p| p >= 0)
+                .map(move |&p| (t.name.0.as_str().to_string(), p as u32))
+        })
+        .collect();
+    let mut out = OffsetFetchResponse::default();
+    let request = Request::OffsetFetch {
+        group: r.group_id.0.as_str().to_string(),
+        partitions: asked,
+    };
+    let mut frame = Vec::new();
+    let found = match protocol::encode_request(&mut frame, 0, &request) {
+        Err(_) => Err(code::INVALID_REQUEST),
+        Ok(()) => match call(shard, shared, session, &frame).await {
+            None => Err(code::UNKNOWN_SERVER_ERROR),
+            Some(resp) => match levee_response(ApiKey::OffsetFetch, &resp) {
+                Ok(Response::OffsetFetch(list)) => Ok(list),
+                Ok(_) => Err(code::UNKNOWN_SERVER_ERROR),
+                Err(ErrorCode::InvalidRequest) => Err(code::INVALID_GROUP_ID),
+                Err(e) => Err(kafka_code(e)),
+            },
+        },
+    };
+    match found {
+        Err(c) => out.error_code = c,
+        Ok(list) => {
+            for f in list {
+                let mut pr = offset_fetch_response::OffsetFetchResponsePartition::default();
+                pr.partition_index = f.partition as i32;
+                pr.committed_offset = f.offset.map_or(-1, |o| o as i64);
+                pr.committed_leader_epoch = -1;
+                pr.metadata = Some(StrBytes::from_string(f.metadata));
+                pr.error_code = kafka_code(f.error);
+                match out.topics.iter_mut().find(|t| t.name.0.as_str() == f.topic) {
+                    Some(t) => t.partitions.push(pr),
+                    None => {
+                        let mut t = offset_fetch_response::OffsetFetchResponseTopic::default();
+                        t.name = topic_name(&f.topic);
+                        t.partitions.push(pr);
+                        out.topics.push(t);
+                    }
+                }
+            }
+        }
     }
     out
 }
