@@ -212,7 +212,7 @@ async fn serve<I: Io>(mut stream: TcpStream, shard: Rc<Shard<I>>, shared: Arc<Sh
                 _ => return,
             }
         }
-        let answer = match handle(&shard, &shared, &session, &frame).await {
+        let answer = match handle(&shard, &shared, &session, Bytes::from(frame)).await {
             Ok(answer) => answer,
             Err(reason) => {
                 tracing::debug!(%reason, "kafka request not understood; closing the connection");
@@ -275,6 +275,11 @@ pub struct Decoded {
 /// Decodes one request frame (after its length prefix). `Err` says why the connection must
 /// close: too short, an api or version this listener does not serve, a malformed header or body.
 pub fn decode_request(frame: &[u8]) -> Result<Decoded, String> {
+    decode_owned(Bytes::copy_from_slice(frame))
+}
+
+/// [`decode_request`] of a frame the caller gives up: record batches stay slices of it.
+fn decode_owned(frame: Bytes) -> Result<Decoded, String> {
     if frame.len() < 8 {
         return Err(format!(
             "a {}-byte frame is shorter than a request header",
@@ -301,7 +306,7 @@ pub fn decode_request(frame: &[u8]) -> Result<Decoded, String> {
         }
         return Err(format!("{api:?} version {version} is not supported"));
     }
-    let mut buf = Bytes::copy_from_slice(frame);
+    let mut buf = frame.clone();
     let header = RequestHeader::decode(&mut buf, api.request_header_version(version))
         .map_err(|e| format!("bad request header: {e:#}"))?;
     let bad = |e: anyhow::Error| format!("bad {api:?} v{version} request: {e:#}");
@@ -357,9 +362,9 @@ async fn handle<I: Io>(
     shard: &Rc<Shard<I>>,
     shared: &Arc<Shared>,
     session: &Session,
-    frame: &[u8],
+    frame: Bytes,
 ) -> Result<Option<Vec<u8>>, String> {
-    let d = decode_request(frame)?;
+    let d = decode_owned(frame)?;
     if let Some(id) = &d.client_id {
         session.set_client_id(id);
     }
@@ -849,40 +854,44 @@ async fn init_producer_id<I: Io>(
         out.error_code = code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED;
         return out;
     }
-    let mut frame = Vec::new();
-    let answer = match protocol::encode_request(&mut frame, 0, &Request::InitProducer) {
-        Ok(()) => call(shard, shared, session, &frame).await,
-        Err(_) => None,
-    };
-    match answer.map(|a| levee_response(ApiKey::InitProducer, &a)) {
-        Some(Ok(Response::InitProducer { producer_id })) => {
+    match levee_request(shard, shared, session, &Request::InitProducer).await {
+        Ok(Response::InitProducer { producer_id }) => {
             out.producer_id = ProducerId(producer_id as i64);
             out.producer_epoch = 0;
         }
-        Some(Err(e)) => out.error_code = kafka_code(e),
-        _ => out.error_code = code::UNKNOWN_SERVER_ERROR,
+        Ok(_) => out.error_code = code::UNKNOWN_SERVER_ERROR,
+        Err((e, _)) => out.error_code = kafka_code(e),
     }
     out
 }
 
-/// Runs a Levee request answered with `Done` (topic administration): `Ok`, or its error code
-/// and message.
-async fn levee_done<I: Io>(
+/// Runs a Levee request other than Produce through the handler and decodes its answer: the
+/// body, or the request-level code and message.
+async fn levee_request<I: Io>(
     shard: &Rc<Shard<I>>,
     shared: &Arc<Shared>,
     session: &Session,
     request: &Request,
-) -> Result<(), (ErrorCode, String)> {
+) -> Result<Response, (ErrorCode, String)> {
     let mut frame = Vec::new();
     protocol::encode_request(&mut frame, 0, request)
         .map_err(|e| (ErrorCode::InvalidRequest, e.to_string()))?;
     let out = call(shard, shared, session, &frame)
         .await
         .ok_or((ErrorCode::Internal, "no answer".to_string()))?;
-    match levee_response(request.api_key(), &out) {
-        Ok(_) => Ok(()),
-        Err(code) => Err((code, protocol::error_message(&out))),
-    }
+    levee_response(request.api_key(), &out).map_err(|c| (c, protocol::error_message(&out)))
+}
+
+/// Runs a Levee request answered with `Done` (topic administration).
+async fn levee_done<I: Io>(
+    shard: &Rc<Shard<I>>,
+    shared: &Arc<Shared>,
+    session: &Session,
+    request: &Request,
+) -> Result<(), (ErrorCode, String)> {
+    levee_request(shard, shared, session, request)
+        .await
+        .map(drop)
 }
 
 /// The Levee topic settings of a Kafka CreateTopics entry, or the Kafka code and message it is
@@ -1126,36 +1135,34 @@ async fn offset_commit<I: Io>(
             generation: crate::protocol::NO_GENERATION,
             offsets,
         });
-        let mut frame = Vec::new();
-        match protocol::encode_request(&mut frame, 0, &request) {
-            Err(_) => Some(code::INVALID_REQUEST),
-            Ok(()) => match call(shard, shared, session, &frame).await {
-                None => Some(code::UNKNOWN_SERVER_ERROR),
-                Some(out) => match levee_response(ApiKey::OffsetCommit, &out) {
-                    Ok(Response::OffsetCommit(results)) => {
-                        let by_tp: std::collections::HashMap<(String, u32), ErrorCode> = results
-                            .into_iter()
-                            .map(|c| ((c.topic, c.partition), c.error))
-                            .collect();
-                        return commit_response(&r, |topic, p| {
-                            match by_tp.get(&(topic.to_string(), p as u32)) {
-                                Some(e) => kafka_code(*e),
-                                None => code::INVALID_REQUEST,
-                            }
-                        });
+        match levee_request(shard, shared, session, &request).await {
+            Ok(Response::OffsetCommit(results)) => {
+                let by_tp: std::collections::HashMap<(String, u32), ErrorCode> = results
+                    .into_iter()
+                    .map(|c| ((c.topic, c.partition), c.error))
+                    .collect();
+                return commit_response(&r, |topic, p| {
+                    match by_tp.get(&(topic.to_string(), p as u32)) {
+                        Some(e) => kafka_code(*e),
+                        None => code::INVALID_REQUEST,
                     }
-                    Ok(_) => Some(code::UNKNOWN_SERVER_ERROR),
-                    Err(e) => Some(if e == ErrorCode::InvalidRequest {
-                        code::INVALID_GROUP_ID
-                    } else {
-                        kafka_code(e)
-                    }),
-                },
-            },
+                });
+            }
+            Ok(_) => Some(code::UNKNOWN_SERVER_ERROR),
+            Err((e, _)) => Some(group_code(e)),
         }
     };
     let c = failed.unwrap_or(code::UNKNOWN_SERVER_ERROR);
     commit_response(&r, |_, _| c)
+}
+
+/// A request-level Levee code of a group request, as Kafka reports it: a request Levee cannot
+/// take for a group is one with a bad group id.
+fn group_code(e: ErrorCode) -> i16 {
+    match e {
+        ErrorCode::InvalidRequest => code::INVALID_GROUP_ID,
+        other => kafka_code(other),
+    }
 }
 
 /// An OffsetCommit response with each partition's code from `code_of(topic, partition)`.
@@ -1206,18 +1213,10 @@ async fn offset_fetch<I: Io>(
         group: r.group_id.0.as_str().to_string(),
         partitions: asked,
     };
-    let mut frame = Vec::new();
-    let found = match protocol::encode_request(&mut frame, 0, &request) {
-        Err(_) => Err(code::INVALID_REQUEST),
-        Ok(()) => match call(shard, shared, session, &frame).await {
-            None => Err(code::UNKNOWN_SERVER_ERROR),
-            Some(resp) => match levee_response(ApiKey::OffsetFetch, &resp) {
-                Ok(Response::OffsetFetch(list)) => Ok(list),
-                Ok(_) => Err(code::UNKNOWN_SERVER_ERROR),
-                Err(ErrorCode::InvalidRequest) => Err(code::INVALID_GROUP_ID),
-                Err(e) => Err(kafka_code(e)),
-            },
-        },
+    let found = match levee_request(shard, shared, session, &request).await {
+        Ok(Response::OffsetFetch(list)) => Ok(list),
+        Ok(_) => Err(code::UNKNOWN_SERVER_ERROR),
+        Err((e, _)) => Err(group_code(e)),
     };
     match found {
         Err(c) => out.error_code = c,
@@ -1266,21 +1265,12 @@ async fn list_offsets<I: Io>(
             });
         }
     }
-    let mut results = Vec::new();
-    let mut failed = None;
-    let mut frame = Vec::new();
-    if protocol::encode_request(&mut frame, 0, &Request::ListOffsets(blocks)).is_ok() {
-        match call(shard, shared, session, &frame).await {
-            Some(resp) => match levee_response(ApiKey::ListOffsets, &resp) {
-                Ok(Response::ListOffsets(rs)) => results = rs,
-                Ok(_) => failed = Some(code::UNKNOWN_SERVER_ERROR),
-                Err(e) => failed = Some(kafka_code(e)),
-            },
-            None => failed = Some(code::UNKNOWN_SERVER_ERROR),
-        }
-    } else {
-        failed = Some(code::INVALID_REQUEST);
-    }
+    let (results, failed) =
+        match levee_request(shard, shared, session, &Request::ListOffsets(blocks)).await {
+            Ok(Response::ListOffsets(rs)) => (rs, None),
+            Ok(_) => (Vec::new(), Some(code::UNKNOWN_SERVER_ERROR)),
+            Err((e, _)) => (Vec::new(), Some(kafka_code(e))),
+        };
     // Levee answers in request order, one result per lookup (a partition may be asked twice).
     let mut results = results.into_iter();
     let mut out = ListOffsetsResponse::default();
