@@ -93,6 +93,7 @@ mod tests {
             last_seen: Instant::now(),
             joined: true,
             assignment: had.iter().map(|(t, p)| (t.to_string(), *p)).collect(),
+            classic: None,
         }
     }
 

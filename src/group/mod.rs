@@ -17,14 +17,17 @@
 //! - A request from an older generation is fenced with `IllegalGeneration`, from an unknown
 //!   member with `UnknownMember`: a member that lost its partitions cannot commit for them.
 //!
-//! The Kafka classic protocol (the group leader computes the assignment) maps onto the same
-//! state: members, generations and fencing are the same; only who computes the assignment
-//! differs.
+//! The Kafka classic protocol (the group leader computes the assignment; [`classic`]) maps onto
+//! the same state: members, generations, sessions and fencing are the same; only who computes
+//! the assignment differs. A settled generation of a classic group waits in
+//! [`State::AwaitingSync`] until its leader hands in every member's assignment. One group has
+//! members of one protocol at a time.
 //!
 //! This module owns group state and its rules. It must not know about sockets, the runtime or
 //! the storage engine: the shard persists what [`store`] encodes.
 
 pub mod assign;
+pub mod classic;
 pub mod retry;
 pub mod store;
 
@@ -85,6 +88,21 @@ pub enum GroupError {
     /// A bound of the coordinator ([`Limits`]) would be passed.
     #[error("{0}")]
     Limit(String),
+    /// The member's protocol (Levee's, or a Kafka protocol type and assignors) has nothing in
+    /// common with the group's members'.
+    #[error("group '{group}' has members of another protocol or assignors")]
+    InconsistentProtocol {
+        /// The group.
+        group: String,
+    },
+    /// A Kafka member joined without an id: it must join again with this one (KIP-394).
+    #[error("join group '{group}' again with member id '{member}'")]
+    MemberIdRequired {
+        /// The group.
+        group: String,
+        /// The id it was given.
+        member: String,
+    },
 }
 
 /// Bounds on what clients can make one coordinator hold.
@@ -126,6 +144,9 @@ pub enum State {
     Empty,
     /// Waiting for members to join the next generation.
     Rebalancing,
+    /// A classic group's generation is settled; its leader has not yet handed in the
+    /// assignment.
+    AwaitingSync,
     /// Every member has its assignment.
     Stable,
 }
@@ -152,6 +173,8 @@ pub struct Member {
     pub joined: bool,
     /// What it reads in the current generation.
     pub assignment: Vec<TopicPartition>,
+    /// A Kafka classic-protocol member's protocols and assignment; `None` for a Levee member.
+    pub classic: Option<classic::ClassicMember>,
 }
 
 /// One group.
@@ -171,6 +194,11 @@ pub struct Group {
     deadline: Option<Instant>,
     /// A rebalance of a group that was empty waits until then for more members.
     settle_after: Option<Instant>,
+    /// A classic group's protocol type, chosen protocol and leader; `None` for a Levee group.
+    pub classic: Option<classic::ClassicGroup>,
+    /// Member ids handed out to classic joins without one, until they join with it (or the
+    /// deadline passes).
+    pending: BTreeMap<String, Instant>,
 }
 
 impl Group {
@@ -183,7 +211,17 @@ impl Group {
             offsets: BTreeMap::new(),
             deadline: None,
             settle_after: None,
+            classic: None,
+            pending: BTreeMap::new(),
         }
+    }
+
+    /// The group lost its last member: it is empty, of no protocol.
+    fn emptied(&mut self) {
+        self.state = State::Empty;
+        self.deadline = None;
+        self.settle_after = None;
+        self.classic = None;
     }
 
     fn start_rebalance(&mut self, now: Instant) {
@@ -235,8 +273,11 @@ pub struct Joined {
     pub generation: u32,
     /// Members in it.
     pub members: u32,
-    /// What the member reads.
+    /// What the member reads (for a classic member, once its leader has assigned).
     pub assignment: Vec<TopicPartition>,
+    /// A classic member's generation: protocol, leader, and for the leader every member's
+    /// metadata.
+    pub classic: Option<classic::ClassicJoined>,
 }
 
 /// The groups of one coordinator partition.
@@ -341,6 +382,11 @@ impl Coordinator {
             .groups
             .entry(req.group.to_string())
             .or_insert_with(|| Group::new(req.group));
+        if group.classic.is_some() {
+            return Err(GroupError::InconsistentProtocol {
+                group: req.group.to_string(),
+            });
+        }
         let mut topics = req.topics.to_vec();
         topics.sort();
         topics.dedup();
@@ -359,6 +405,7 @@ impl Coordinator {
                 generation: group.generation,
                 members,
                 assignment: m.assignment.clone(),
+                classic: None,
             }));
         }
         let member = group
@@ -373,6 +420,7 @@ impl Coordinator {
                 last_seen: now,
                 joined: false,
                 assignment: Vec::new(),
+                classic: None,
             });
         member.topics = topics;
         member.session_timeout = req.session_timeout;
@@ -404,10 +452,14 @@ impl Coordinator {
             group.deadline = None;
             group.settle_after = None;
             if group.members.is_empty() {
-                group.state = State::Empty;
+                group.emptied();
                 continue;
             }
             group.generation += 1;
+            if group.classic.is_some() {
+                out.extend(classic::settle(group, now));
+                continue;
+            }
             group.state = State::Stable;
             let shares = assign::assign(group.members.values(), partitions_of);
             let members = group.members.len() as u32;
@@ -421,19 +473,25 @@ impl Coordinator {
                     generation: group.generation,
                     members,
                     assignment: m.assignment.clone(),
+                    classic: None,
                 });
             }
         }
         out
     }
 
-    /// Removes members whose session expired; returns `(group, member)` of each.
+    /// Removes members whose session expired; returns `(group, member)` of each. A member
+    /// waiting in a join for its rebalance to settle is alive (it cannot heartbeat meanwhile),
+    /// and an id handed out to a classic join lapses after that join's session timeout.
     pub fn expire(&mut self, now: Instant) -> Vec<(String, String)> {
         let mut gone = Vec::new();
         for group in self.groups.values_mut() {
+            group.pending.retain(|_, until| now < *until);
             let before = group.members.len();
+            let rebalancing = group.state == State::Rebalancing;
             group.members.retain(|id, m| {
-                let alive = now.saturating_duration_since(m.last_seen) < m.session_timeout;
+                let alive = rebalancing && m.joined
+                    || now.saturating_duration_since(m.last_seen) < m.session_timeout;
                 if !alive {
                     gone.push((group.name.clone(), id.clone()));
                 }
@@ -441,8 +499,7 @@ impl Coordinator {
             });
             if group.members.len() != before {
                 if group.members.is_empty() {
-                    group.state = State::Empty;
-                    group.deadline = None;
+                    group.emptied();
                 } else {
                     group.start_rebalance(now);
                 }
@@ -492,8 +549,7 @@ impl Coordinator {
             });
         }
         if g.members.is_empty() {
-            g.state = State::Empty;
-            g.deadline = None;
+            g.emptied();
         } else {
             g.start_rebalance(now);
         }
@@ -524,7 +580,14 @@ impl Coordinator {
             group: group.to_string(),
             member: member.to_string(),
         })?;
-        g.check_member(member, generation).map(drop)
+        g.check_member(member, generation)?;
+        if g.state == State::AwaitingSync {
+            // The new generation's partitions are not handed out yet.
+            return Err(GroupError::RebalanceInProgress {
+                group: group.to_string(),
+            });
+        }
+        Ok(())
     }
 
     /// Starts a rebalance of a group with members (its topics changed: a retry topic appeared).
@@ -586,7 +649,11 @@ impl Coordinator {
             .values()
             .flat_map(|g| {
                 let sessions = g.members.values().map(|m| m.last_seen + m.session_timeout);
-                sessions.chain(g.deadline).chain(g.settle_after)
+                let pending = g.pending.values().copied();
+                sessions
+                    .chain(pending)
+                    .chain(g.deadline)
+                    .chain(g.settle_after)
             })
             .min()
     }

@@ -30,6 +30,9 @@ pub(super) fn group_code(e: &GroupError) -> ErrorCode {
         GroupError::UnknownGroup(_) => ErrorCode::UnknownGroup,
         GroupError::Invalid(_) => ErrorCode::InvalidRequest,
         GroupError::Limit(_) => ErrorCode::LimitExceeded,
+        // A Levee member cannot join a group of Kafka members (nor the reverse).
+        GroupError::InconsistentProtocol { .. } => ErrorCode::InvalidRequest,
+        GroupError::MemberIdRequired { .. } => ErrorCode::UnknownMember,
     }
 }
 
@@ -257,7 +260,7 @@ pub(super) async fn fetch_offsets<I: Io>(
 fn wire_state(s: State) -> GroupState {
     match s {
         State::Empty => GroupState::Empty,
-        State::Rebalancing => GroupState::Rebalancing,
+        State::Rebalancing | State::AwaitingSync => GroupState::Rebalancing,
         State::Stable => GroupState::Stable,
     }
 }
