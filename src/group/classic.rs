@@ -30,6 +30,9 @@ pub struct ClassicMember {
     pub protocols: Vec<(String, Vec<u8>)>,
     /// What the leader assigned it in the current generation (opaque).
     pub assignment: Vec<u8>,
+    /// It waits in a SyncGroup for the leader's: alive meanwhile, as a member waiting in a join
+    /// is.
+    pub waiting_sync: bool,
 }
 
 /// A classic group's part of [`Group`].
@@ -200,6 +203,7 @@ pub(super) fn settle(group: &mut Group, now: Instant) -> Vec<Joined> {
         m.assignment.clear();
         if let Some(c) = m.classic.as_mut() {
             c.assignment.clear();
+            c.waiting_sync = false;
         }
         m.joined = false;
         m.last_seen = now;
@@ -344,6 +348,7 @@ impl Coordinator {
         member.classic = Some(ClassicMember {
             protocols: req.protocols.to_vec(),
             assignment: Vec::new(),
+            waiting_sync: false,
         });
         group.start_rebalance(now);
         if let Some(m) = group.members.get_mut(&member_id) {
@@ -381,11 +386,17 @@ impl Coordinator {
                     m.assignment = partitions;
                     if let Some(c) = m.classic.as_mut() {
                         c.assignment = bytes;
+                        c.waiting_sync = false;
                     }
                 }
                 g.state = State::Stable;
             }
-            State::AwaitingSync => return Ok(SyncOutcome::Wait),
+            State::AwaitingSync => {
+                if let Some(c) = g.members.get_mut(member).and_then(|m| m.classic.as_mut()) {
+                    c.waiting_sync = true;
+                }
+                return Ok(SyncOutcome::Wait);
+            }
             State::Stable => {}
             State::Rebalancing | State::Empty => {
                 return Err(GroupError::RebalanceInProgress {

@@ -481,7 +481,8 @@ impl Coordinator {
     }
 
     /// Removes members whose session expired; returns `(group, member)` of each. A member
-    /// waiting in a join for its rebalance to settle is alive (it cannot heartbeat meanwhile),
+    /// waiting in a join for its rebalance to settle, or in a SyncGroup for its leader's, is
+    /// alive (it cannot heartbeat meanwhile),
     /// and an id handed out to a classic join lapses after that join's session timeout.
     pub fn expire(&mut self, now: Instant) -> Vec<(String, String)> {
         let mut gone = Vec::new();
@@ -489,9 +490,12 @@ impl Coordinator {
             group.pending.retain(|_, until| now < *until);
             let before = group.members.len();
             let rebalancing = group.state == State::Rebalancing;
+            let syncing = group.state == State::AwaitingSync;
             group.members.retain(|id, m| {
-                let alive = rebalancing && m.joined
-                    || now.saturating_duration_since(m.last_seen) < m.session_timeout;
+                let waiting = rebalancing && m.joined
+                    || syncing && m.classic.as_ref().is_some_and(|c| c.waiting_sync);
+                let alive =
+                    waiting || now.saturating_duration_since(m.last_seen) < m.session_timeout;
                 if !alive {
                     gone.push((group.name.clone(), id.clone()));
                 }

@@ -4,7 +4,8 @@
 //! ([`coordinator_partition`]); its owner shard keeps their [`Coordinator`] state, loaded on first
 //! use by replaying the partition's records, and appends their commits to it. A timer task per
 //! loaded partition expires sessions and settles rebalances; a join waits on a one-shot channel
-//! until its rebalance settles.
+//! until its rebalance settles, and a Kafka member's SyncGroup until its leader hands in the
+//! assignment (or the generation is abandoned).
 //!
 //! Commits are acknowledged once durable. Every [`SNAPSHOT_EVERY_BYTES`] of commit records the
 //! coordinator appends a snapshot of all its positions, so retention of the offsets topic never
@@ -17,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{AckLevel, Shard, ShardError};
+use crate::group::classic::{Assignment, ClassicJoinRequest, SyncOutcome, Synced};
 use crate::group::{
     self, store, Committed, Coordinator, GroupError, JoinOutcome, JoinRequest, Joined,
     TopicPartition, OFFSETS_TOPIC,
@@ -38,6 +40,7 @@ pub fn coordinator_partition(group: &str, partitions: u32) -> u32 {
 }
 
 type JoinReply = flume::Sender<Result<Joined, GroupError>>;
+type SyncReply = flume::Sender<Result<Synced, GroupError>>;
 
 /// One loaded offsets partition.
 pub struct Slot {
@@ -45,6 +48,9 @@ pub struct Slot {
     pub state: Coordinator,
     /// Joins waiting for their rebalance, by `(group, member)`.
     waiting: HashMap<(String, String), JoinReply>,
+    /// Kafka members' SyncGroups waiting for their leader's, by `(group, member)`, with the
+    /// generation they sync.
+    syncing: HashMap<(String, String), (u32, SyncReply)>,
     /// Commit bytes since the last snapshot.
     since_snapshot: usize,
 }
@@ -64,6 +70,19 @@ pub struct JoinArgs {
     pub session_timeout: Duration,
     /// Its rebalance timeout.
     pub rebalance_timeout: Duration,
+    /// A Kafka classic-protocol member's protocols; `None` for a Levee member.
+    pub classic: Option<ClassicArgs>,
+}
+
+/// What a Kafka classic-protocol join adds to [`JoinArgs`].
+#[derive(Debug, Clone)]
+pub struct ClassicArgs {
+    /// The protocol type (`consumer`).
+    pub protocol_type: String,
+    /// Its protocols in order of preference, with metadata.
+    pub protocols: Vec<(String, Vec<u8>)>,
+    /// The client speaks KIP-394 (JoinGroup v4 and later).
+    pub require_member_id: bool,
 }
 
 fn now_ms() -> i64 {
@@ -87,6 +106,7 @@ impl<I: Io> Shard<I> {
         let mut slot = Slot {
             state: Coordinator::new(limits),
             waiting: HashMap::new(),
+            syncing: HashMap::new(),
             since_snapshot: 0,
         };
         super::ops::replay(OFFSETS_TOPIC, p, &part.log.borrow(), 0, |r| {
@@ -157,15 +177,34 @@ impl<I: Io> Shard<I> {
         let (tx, rx) = flume::bounded(1);
         {
             let mut slot = slot.borrow_mut();
-            let req = JoinRequest {
-                group: &args.group,
-                member_id: &args.member_id,
-                client_id: &args.client_id,
-                topics: &args.topics,
-                session_timeout: args.session_timeout,
-                rebalance_timeout: args.rebalance_timeout,
+            let outcome = match &args.classic {
+                None => slot.state.join(
+                    &JoinRequest {
+                        group: &args.group,
+                        member_id: &args.member_id,
+                        client_id: &args.client_id,
+                        topics: &args.topics,
+                        session_timeout: args.session_timeout,
+                        rebalance_timeout: args.rebalance_timeout,
+                    },
+                    now,
+                ),
+                Some(c) => slot.state.join_classic(
+                    &ClassicJoinRequest {
+                        group: &args.group,
+                        member_id: &args.member_id,
+                        require_member_id: c.require_member_id,
+                        client_id: &args.client_id,
+                        protocol_type: &c.protocol_type,
+                        protocols: &c.protocols,
+                        topics: &args.topics,
+                        session_timeout: args.session_timeout,
+                        rebalance_timeout: args.rebalance_timeout,
+                    },
+                    now,
+                ),
             };
-            match slot.state.join(&req, now).map_err(ShardError::Group)? {
+            match outcome.map_err(ShardError::Group)? {
                 JoinOutcome::Done(joined) => return Ok(joined),
                 JoinOutcome::Wait(member) => {
                     if let Some(old) = slot.waiting.insert((args.group.clone(), member), tx) {
@@ -187,6 +226,51 @@ impl<I: Io> Shard<I> {
             _ => Err(ShardError::Group(GroupError::RebalanceInProgress {
                 group: args.group,
             })),
+        }
+    }
+
+    /// A Kafka member's SyncGroup: the leader's hands in the assignment; every member's
+    /// resolves with its own once the leader's has (or with why it must join again).
+    pub async fn group_sync(
+        self: &Rc<Self>,
+        p: u32,
+        group: &str,
+        member: &str,
+        generation: u32,
+        assignments: Vec<Assignment>,
+        timeout: Duration,
+    ) -> Result<Synced, ShardError> {
+        let slot = self.coordinator(p)?;
+        let (tx, rx) = flume::bounded(1);
+        {
+            let mut slot = slot.borrow_mut();
+            let outcome = slot
+                .state
+                .sync(group, member, generation, assignments, Instant::now());
+            match outcome.map_err(ShardError::Group)? {
+                SyncOutcome::Done(synced) => {
+                    deliver(&mut slot, Vec::new());
+                    return Ok(synced);
+                }
+                SyncOutcome::Wait => {
+                    let key = (group.to_string(), member.to_string());
+                    if let Some((_, old)) = slot.syncing.insert(key, (generation, tx)) {
+                        let _ = old.send(Err(GroupError::RebalanceInProgress {
+                            group: group.to_string(),
+                        }));
+                    }
+                }
+            }
+        }
+        match runtime::until(Instant::now() + timeout, rx.recv_async()).await {
+            Some(Ok(result)) => result.map_err(ShardError::Group),
+            _ => {
+                let key = (group.to_string(), member.to_string());
+                slot.borrow_mut().syncing.remove(&key);
+                Err(ShardError::Group(GroupError::RebalanceInProgress {
+                    group: group.to_string(),
+                }))
+            }
         }
     }
 
@@ -424,7 +508,8 @@ fn invalid(message: String) -> ShardError {
     ShardError::Group(GroupError::Invalid(message))
 }
 
-/// Answers the joins whose generation settled.
+/// Answers the joins whose generation settled, and the SyncGroups whose leader handed in the
+/// assignment or whose generation is gone.
 fn deliver(slot: &mut Slot, settled: Vec<Joined>) {
     for joined in settled {
         if let Some(tx) = slot
@@ -434,6 +519,25 @@ fn deliver(slot: &mut Slot, settled: Vec<Joined>) {
             let _ = tx.send(Ok(joined));
         }
     }
+    if slot.syncing.is_empty() {
+        return;
+    }
+    let Slot { state, syncing, .. } = slot;
+    syncing.retain(|(group, member), (generation, tx)| {
+        match state.sync_result(group, member, *generation) {
+            None => !tx.is_disconnected(),
+            Some(result) => {
+                let answer = result.and_then(|o| match o {
+                    SyncOutcome::Done(s) => Ok(s),
+                    SyncOutcome::Wait => Err(GroupError::RebalanceInProgress {
+                        group: group.clone(),
+                    }),
+                });
+                let _ = tx.send(answer);
+                false
+            }
+        }
+    });
 }
 
 /// The number of partitions of the offsets topic, from a catalog snapshot.

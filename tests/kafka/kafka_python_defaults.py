@@ -1,5 +1,6 @@
-"""kafka-python 3 with its defaults (idempotence on) against Levee's Kafka listener: produce,
-then read back with an assigned partition.
+"""kafka-python 3 with its defaults (idempotence on, range and roundrobin assignors) against
+Levee's Kafka listener: produce, read back with an assigned partition, then as a group member
+that commits, and again after a restart of the consumer, from the committed offset.
 
 Usage: python kafka_python_defaults.py BOOTSTRAP TOPIC  (TOPIC has 1 partition and is empty)."""
 import sys
@@ -22,4 +23,25 @@ c.seek_to_beginning(tp)
 got = [(m.key, m.value) for m in c]
 assert got == [(f"k{i}".encode(), f"v{i}".encode()) for i in range(50)], got[:3]
 c.close()
-print("kafka-python: 50 records with default (idempotent) producer settings round trip")
+
+
+def group_read(expected):
+    g = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id="kp-group",
+                      auto_offset_reset="earliest", enable_auto_commit=False,
+                      consumer_timeout_ms=8000)
+    got = [m.value for m in g]
+    assert got == expected, (got[:3], len(got))
+    assert g.assignment() == {tp}, g.assignment()
+    g.commit()
+    g.close()
+
+
+group_read([f"v{i}".encode() for i in range(50)])
+p = KafkaProducer(bootstrap_servers=bootstrap)
+for i in range(50, 60):
+    p.send(topic, value=f"v{i}".encode(), partition=0)
+p.flush(30)
+p.close()
+group_read([f"v{i}".encode() for i in range(50, 60)])
+print("kafka-python: 50 records with default (idempotent) producer settings round trip; "
+      "a group member reads, commits, and its successor resumes from the commit")

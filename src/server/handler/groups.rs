@@ -8,7 +8,8 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use super::{by_owner, shard_code, Req};
-use crate::group::{self, GroupError, State, TopicPartition, OFFSETS_TOPIC};
+use crate::group::classic::{Assignment, Synced};
+use crate::group::{self, GroupError, Joined, State, TopicPartition, OFFSETS_TOPIC};
 use crate::protocol::{
     valid_group_name, CommitResult, ErrorCode, FetchedOffset, GroupDescription, GroupState,
     GroupSummary, JoinGroupRequest, JoinGroupResponse, MemberDescription, OffsetCommitRequest,
@@ -93,6 +94,7 @@ pub(super) async fn join<I: Io>(
         rebalance_timeout: Duration::from_millis(
             (j.rebalance_timeout_ms as u64).clamp(1, group::SESSION_TIMEOUT_MS_MAX as u64),
         ),
+        classic: None,
     };
     let joined = shard
         .on_owner(owner, move |s| {
@@ -109,6 +111,83 @@ pub(super) async fn join<I: Io>(
         })),
         Err(e) => fail(req, &e),
     }
+}
+
+/// A Kafka classic-protocol group operation (the Kafka front end's one path to group state).
+#[derive(Debug)]
+pub(crate) enum ClassicOp {
+    /// JoinGroup.
+    Join(JoinArgs),
+    /// SyncGroup: the leader hands in `assignments`; a follower's is empty. Waits at most
+    /// `timeout` for the leader's.
+    Sync {
+        /// The member.
+        member: String,
+        /// Its generation.
+        generation: u32,
+        /// Every member's assignment (the leader's sync).
+        assignments: Vec<Assignment>,
+        /// Longest wait.
+        timeout: Duration,
+    },
+    /// Heartbeat.
+    Heartbeat {
+        /// The member.
+        member: String,
+        /// Its generation.
+        generation: u32,
+    },
+    /// LeaveGroup of one member.
+    Leave {
+        /// The member.
+        member: String,
+    },
+}
+
+/// What a [`ClassicOp`] resolved to.
+#[derive(Debug)]
+pub(crate) enum ClassicDone {
+    /// A settled generation.
+    Joined(Joined),
+    /// The member's assignment.
+    Synced(Synced),
+    /// A heartbeat or leave went through.
+    Done,
+}
+
+/// Runs a classic-protocol operation on the coordinator of `group`, one hop away.
+pub(crate) async fn classic<I: Io>(
+    shard: &Rc<Shard<I>>,
+    group: String,
+    op: ClassicOp,
+) -> Result<ClassicDone, ShardError> {
+    let (p, owner) = coordinator(shard, &group)?;
+    shard
+        .on_owner(owner, move |s| {
+            let s = s.clone();
+            async move {
+                match op {
+                    ClassicOp::Join(args) => s.group_join(p, args).await.map(ClassicDone::Joined),
+                    ClassicOp::Sync {
+                        member,
+                        generation,
+                        assignments,
+                        timeout,
+                    } => s
+                        .group_sync(p, &group, &member, generation, assignments, timeout)
+                        .await
+                        .map(ClassicDone::Synced),
+                    ClassicOp::Heartbeat { member, generation } => s
+                        .group_heartbeat(p, &group, &member, generation)
+                        .map(|()| ClassicDone::Done),
+                    ClassicOp::Leave { member } => {
+                        s.group_leave(p, &group, &member).map(|()| ClassicDone::Done)
+                    }
+                }
+            }
+        })
+        .await
+        .and_then(|r| r)
 }
 
 /// Runs `f` on the coordinator of `group` (its offsets partition is `f`'s second argument) and

@@ -20,6 +20,8 @@ mod groups;
 mod operator;
 mod produce;
 
+pub(crate) use groups::{classic, ClassicDone, ClassicOp};
+
 use std::rc::Rc;
 use std::sync::Arc;
 

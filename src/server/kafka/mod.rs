@@ -22,6 +22,7 @@
 //! This module owns the Kafka codec and its translation. It reaches partitions only through the
 //! server's handler, never the shard or storage directly.
 
+mod groups;
 mod records;
 
 pub use records::{decode_batches, BatchError, BATCH_RECORDS_MAX, DECOMPRESSED_BYTES_MAX};
@@ -38,7 +39,8 @@ use kafka_protocol::messages::{
     offset_fetch_response, produce_response, ApiKey as KafkaApi, ApiVersionsRequest,
     ApiVersionsResponse, BrokerId, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
     DeleteTopicsResponse, FetchRequest as KFetchRequest, FetchResponse, FindCoordinatorRequest,
-    FindCoordinatorResponse, InitProducerIdRequest, InitProducerIdResponse, ListOffsetsRequest,
+    FindCoordinatorResponse, HeartbeatRequest, InitProducerIdRequest, JoinGroupRequest,
+    LeaveGroupRequest, SyncGroupRequest, InitProducerIdResponse, ListOffsetsRequest,
     ListOffsetsResponse, MetadataRequest, MetadataResponse,
     OffsetCommitRequest as KOffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest,
     OffsetFetchResponse, ProduceRequest as KProduceRequest, ProduceResponse, ProducerId,
@@ -73,6 +75,10 @@ pub const SUPPORTED: &[(KafkaApi, i16, i16)] = &[
     (KafkaApi::OffsetCommit, 2, 8),
     (KafkaApi::OffsetFetch, 1, 7),
     (KafkaApi::FindCoordinator, 0, 3),
+    (KafkaApi::JoinGroup, 0, 7),
+    (KafkaApi::Heartbeat, 0, 4),
+    (KafkaApi::LeaveGroup, 0, 4),
+    (KafkaApi::SyncGroup, 0, 5),
     (KafkaApi::Metadata, 0, 12),
     (KafkaApi::ApiVersions, 0, 4),
     (KafkaApi::CreateTopics, 0, 7),
@@ -111,6 +117,12 @@ mod code {
     pub const INVALID_GROUP_ID: i16 = 24;
     pub const UNKNOWN_MEMBER_ID: i16 = 25;
     pub const REBALANCE_IN_PROGRESS: i16 = 27;
+    pub const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
+    pub const INVALID_SESSION_TIMEOUT: i16 = 26;
+    pub const NON_EMPTY_GROUP: i16 = 68;
+    pub const GROUP_ID_NOT_FOUND: i16 = 69;
+    pub const MEMBER_ID_REQUIRED: i16 = 79;
+    pub const GROUP_MAX_SIZE_REACHED: i16 = 81;
 }
 
 /// The Kafka code of a Levee error code.
@@ -255,6 +267,14 @@ pub enum KafkaRequest {
     OffsetCommit(KOffsetCommitRequest),
     /// A group's stored positions.
     OffsetFetch(OffsetFetchRequest),
+    /// A member joins a group (classic protocol).
+    JoinGroup(JoinGroupRequest),
+    /// A member's assignment (the leader's sync hands in everyone's).
+    SyncGroup(SyncGroupRequest),
+    /// A member is alive.
+    Heartbeat(HeartbeatRequest),
+    /// Members leave.
+    LeaveGroup(LeaveGroupRequest),
 }
 
 /// A decoded request with what its response needs.
@@ -345,6 +365,18 @@ fn decode_owned(frame: Bytes) -> Result<Decoded, String> {
         KafkaApi::OffsetFetch => {
             KafkaRequest::OffsetFetch(OffsetFetchRequest::decode(&mut buf, version).map_err(bad)?)
         }
+        KafkaApi::JoinGroup => {
+            KafkaRequest::JoinGroup(JoinGroupRequest::decode(&mut buf, version).map_err(bad)?)
+        }
+        KafkaApi::SyncGroup => {
+            KafkaRequest::SyncGroup(SyncGroupRequest::decode(&mut buf, version).map_err(bad)?)
+        }
+        KafkaApi::Heartbeat => {
+            KafkaRequest::Heartbeat(HeartbeatRequest::decode(&mut buf, version).map_err(bad)?)
+        }
+        KafkaApi::LeaveGroup => {
+            KafkaRequest::LeaveGroup(LeaveGroupRequest::decode(&mut buf, version).map_err(bad)?)
+        }
         other => return Err(format!("{other:?} is not served")),
     };
     Ok(Decoded {
@@ -417,6 +449,23 @@ async fn handle<I: Io>(
         }
         KafkaRequest::OffsetFetch(r) => {
             let response = offset_fetch(shard, shared, session, r).await;
+            encode(api, version, cid, &response).map(Some)
+        }
+        KafkaRequest::JoinGroup(r) => {
+            let response = groups::join(shard, session, r, version).await;
+            encode(api, version, cid, &response).map(Some)
+        }
+        KafkaRequest::SyncGroup(r) => {
+            let wait = Duration::from_millis(crate::group::SESSION_TIMEOUT_MS_MAX as u64);
+            let response = groups::sync(shard, r, wait).await;
+            encode(api, version, cid, &response).map(Some)
+        }
+        KafkaRequest::Heartbeat(r) => {
+            let response = groups::heartbeat(shard, r).await;
+            encode(api, version, cid, &response).map(Some)
+        }
+        KafkaRequest::LeaveGroup(r) => {
+            let response = groups::leave(shard, r, version).await;
             encode(api, version, cid, &response).map(Some)
         }
     }
@@ -1097,17 +1146,19 @@ fn find_coordinator<I: Io>(
     }
 }
 
-/// Stores a group's positions. Served for consumers that assign partitions themselves (no
-/// membership: generation -1 and an empty member id), as a Levee administrator's commit to a
-/// group with no members; the commit metadata string is kept and returned by OffsetFetch.
+/// Stores a group's positions: a member's of its current generation (fenced as Levee's own
+/// members are), or, with generation -1, a consumer's that assigns partitions itself (a commit to
+/// a group with no members). The commit metadata string is kept and returned by OffsetFetch.
 async fn offset_commit<I: Io>(
     shard: &Rc<Shard<I>>,
     shared: &Arc<Shared>,
     session: &Session,
     r: KOffsetCommitRequest,
 ) -> OffsetCommitResponse {
-    let member = r.member_id.as_str();
-    let standalone = member.is_empty() && r.generation_id_or_member_epoch < 0;
+    let (member, generation) = match u32::try_from(r.generation_id_or_member_epoch) {
+        Ok(g) => (r.member_id.as_str().to_string(), g),
+        Err(_) => (String::new(), crate::protocol::NO_GENERATION),
+    };
     let mut offsets = Vec::new();
     for t in &r.topics {
         for p in &t.partitions {
@@ -1125,34 +1176,28 @@ async fn offset_commit<I: Io>(
             }
         }
     }
-    // Until the Kafka group protocol is served, no Kafka client holds a membership.
-    let failed = if !standalone {
-        Some(code::UNKNOWN_MEMBER_ID)
-    } else {
-        let request = Request::OffsetCommit(crate::protocol::OffsetCommitRequest {
-            group: r.group_id.0.as_str().to_string(),
-            member_id: String::new(),
-            generation: crate::protocol::NO_GENERATION,
-            offsets,
-        });
-        match levee_request(shard, shared, session, &request).await {
-            Ok(Response::OffsetCommit(results)) => {
-                let by_tp: std::collections::HashMap<(String, u32), ErrorCode> = results
-                    .into_iter()
-                    .map(|c| ((c.topic, c.partition), c.error))
-                    .collect();
-                return commit_response(&r, |topic, p| {
-                    match by_tp.get(&(topic.to_string(), p as u32)) {
-                        Some(e) => kafka_code(*e),
-                        None => code::INVALID_REQUEST,
-                    }
-                });
-            }
-            Ok(_) => Some(code::UNKNOWN_SERVER_ERROR),
-            Err((e, _)) => Some(group_code(e)),
+    let request = Request::OffsetCommit(crate::protocol::OffsetCommitRequest {
+        group: r.group_id.0.as_str().to_string(),
+        member_id: member,
+        generation,
+        offsets,
+    });
+    let c = match levee_request(shard, shared, session, &request).await {
+        Ok(Response::OffsetCommit(results)) => {
+            let by_tp: std::collections::HashMap<(String, u32), ErrorCode> = results
+                .into_iter()
+                .map(|c| ((c.topic, c.partition), c.error))
+                .collect();
+            return commit_response(&r, |topic, p| {
+                match by_tp.get(&(topic.to_string(), p as u32)) {
+                    Some(e) => kafka_code(*e),
+                    None => code::INVALID_REQUEST,
+                }
+            });
         }
+        Ok(_) => code::UNKNOWN_SERVER_ERROR,
+        Err((e, _)) => group_code(e),
     };
-    let c = failed.unwrap_or(code::UNKNOWN_SERVER_ERROR);
     commit_response(&r, |_, _| c)
 }
 
