@@ -86,6 +86,8 @@ pub struct ConsumedRecord {
     pub key: Option<Vec<u8>>,
     /// The payload.
     pub value: Vec<u8>,
+    /// The value is null rather than empty (a Kafka producer's null value; `value` is empty).
+    pub value_is_null: bool,
     /// Application headers, `(name, value)`.
     pub headers: Vec<(String, Vec<u8>)>,
 }
@@ -152,6 +154,7 @@ impl ConsumedRecord {
             producer_timestamp_ms: message.timestamp_ms,
             key: message.key,
             value: message.value,
+            value_is_null: record.header.value_is_null(),
             headers: message
                 .headers
                 .into_iter()

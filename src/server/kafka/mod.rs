@@ -779,7 +779,12 @@ fn to_run(records: Option<&Bytes>) -> Result<Vec<u8>, i16> {
     }
     let mut run = Vec::new();
     for m in &messages {
-        crate::record::encode(m, &mut run).map_err(|_| code::MESSAGE_TOO_LARGE)?;
+        let encoded = if m.null_value {
+            crate::record::encode_null_value(&m.message, &mut run)
+        } else {
+            crate::record::encode(&m.message, &mut run)
+        };
+        encoded.map_err(|_| code::MESSAGE_TOO_LARGE)?;
     }
     Ok(run)
 }
@@ -1390,14 +1395,14 @@ mod tests {
                 all.extend(decode_batches(part.records.as_ref().unwrap()).unwrap());
             }
         }
-        all.sort_by(|a, b| a.key.cmp(&b.key));
+        all.sort_by(|a, b| a.message.key.cmp(&b.message.key));
         assert_eq!(all.len(), 2);
-        assert_eq!(all[0].key.as_deref(), Some(&b"k1"[..]));
-        assert_eq!(all[0].value, b"v1");
-        assert_eq!(all[0].headers[0].key, "h");
-        assert_eq!(all[0].headers[0].value, b"x");
-        // A null value is stored empty (docs/kafka.md: differences).
-        assert_eq!(all[1].value, b"");
+        assert_eq!(all[0].message.key.as_deref(), Some(&b"k1"[..]));
+        assert_eq!(all[0].message.value, b"v1");
+        assert_eq!(all[0].message.headers[0].key, "h");
+        assert_eq!(all[0].message.headers[0].value, b"x");
+        assert!(!all[0].null_value);
+        assert!(all[1].null_value && all[1].message.value.is_empty());
         // Frames 2-4: snappy (xerial-free, as librdkafka writes it), lz4, zstd; "a:b" each.
         for n in 2..=4 {
             let d = decode_request(&golden(&format!("kcat-produce-v7-{n}.bin"))).unwrap();
@@ -1408,7 +1413,7 @@ mod tests {
             let m = decode_batches(records).unwrap();
             assert_eq!(m.len(), 1, "frame {n}");
             assert_eq!(
-                (m[0].key.as_deref(), &m[0].value[..]),
+                (m[0].message.key.as_deref(), &m[0].message.value[..]),
                 (Some(&b"a"[..]), &b"b"[..])
             );
         }

@@ -2,8 +2,9 @@
 //!
 //! Produce: each batch's CRC-32C is checked, the batch is decompressed here (gzip, snappy with or
 //! without the Java client's xerial framing, lz4, zstd) into at most [`DECOMPRESSED_BYTES_MAX`]
-//! bytes, and each record becomes a Levee record with the same key, value, headers and timestamp.
-//! Fetch: Levee records become one uncompressed batch per partition, with their offsets.
+//! bytes, and each record becomes a Levee record with the same key, value, headers and timestamp
+//! (a null value as an empty one flagged [`record::FLAG_NULL_VALUE`]). Fetch: Levee records
+//! become one uncompressed batch per partition, with their offsets.
 //!
 //! Both ways are bounded by what they are given: a batch never claims more records, or expands to
 //! more bytes, than the bounds here allow, whatever its header says.
@@ -42,8 +43,17 @@ pub enum BatchError {
     TooLarge(String),
 }
 
+/// One Kafka record as a Levee message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaMessage {
+    /// The message (a null value is empty here).
+    pub message: Message,
+    /// The value was null, not empty.
+    pub null_value: bool,
+}
+
 /// Decodes every batch of a Produce partition's `records` into Levee messages, in order.
-pub fn decode_batches(records: &Bytes) -> Result<Vec<Message>, BatchError> {
+pub fn decode_batches(records: &Bytes) -> Result<Vec<KafkaMessage>, BatchError> {
     let mut messages = Vec::new();
     let mut buf = records.clone();
     while !buf.is_empty() {
@@ -102,12 +112,12 @@ pub fn decode_batches(records: &Bytes) -> Result<Vec<Message>, BatchError> {
             } else {
                 (0, 0)
             };
-            messages.push(Message {
+            let message = Message {
                 timestamp_ms: r.timestamp,
                 producer_id,
                 sequence,
                 key: r.key.map(|k| k.to_vec()),
-                value: r.value.map(|v| v.to_vec()).unwrap_or_default(),
+                value: r.value.as_ref().map(|v| v.to_vec()).unwrap_or_default(),
                 headers: r
                     .headers
                     .into_iter()
@@ -116,6 +126,10 @@ pub fn decode_batches(records: &Bytes) -> Result<Vec<Message>, BatchError> {
                         value: v.map(|v| v.to_vec()).unwrap_or_default(),
                     })
                     .collect(),
+            };
+            messages.push(KafkaMessage {
+                message,
+                null_value: r.value.is_none(),
             });
         }
     }
@@ -196,7 +210,7 @@ pub fn encode_run(run: &[u8]) -> Result<Option<Bytes>, BatchError> {
     for r in Records::new(run, record::ARCHIVE_LEN_MAX) {
         let Ok(r) = r else { break };
         let Ok(m) = r.message() else { break };
-        records.push(kafka_record(r.offset(), m));
+        records.push(kafka_record(r.offset(), r.header.value_is_null(), m));
     }
     let Some(first) = records.first().map(|r| r.offset) else {
         return Ok(None);
@@ -220,7 +234,7 @@ pub fn encode_run(run: &[u8]) -> Result<Option<Bytes>, BatchError> {
     Ok(Some(out.freeze()))
 }
 
-fn kafka_record(offset: u64, m: &ArchivedMessage) -> Record {
+fn kafka_record(offset: u64, null_value: bool, m: &ArchivedMessage) -> Record {
     let mut headers = IndexMap::new();
     for h in m.headers.iter() {
         headers.insert(
@@ -240,7 +254,7 @@ fn kafka_record(offset: u64, m: &ArchivedMessage) -> Record {
         sequence: -1,
         timestamp: m.timestamp_ms.to_native(),
         key: m.key.as_ref().map(|k| Bytes::copy_from_slice(k.as_slice())),
-        value: Some(Bytes::copy_from_slice(m.value.as_slice())),
+        value: (!null_value).then(|| Bytes::copy_from_slice(m.value.as_slice())),
         headers,
     }
 }
@@ -295,14 +309,20 @@ mod tests {
             Compression::Lz4,
             Compression::Zstd,
         ] {
-            let b = batch(c, &[record(0, Some("k"), "one"), record(1, None, "two")]);
+            let mut null = record(2, Some("gone"), "");
+            null.value = None;
+            let b = batch(c, &[record(0, Some("k"), "one"), record(1, None, "two"), null]);
             let m = decode_batches(&b).unwrap();
-            assert_eq!(m.len(), 2, "{c:?}");
-            assert_eq!(m[0].key.as_deref(), Some(&b"k"[..]));
-            assert_eq!(m[1].key, None);
-            assert_eq!(m[1].value, b"two");
-            assert_eq!(m[0].headers[0].key, "h");
-            assert_eq!(m[0].timestamp_ms, 1_700_000_000_000);
+            assert_eq!(m.len(), 3, "{c:?}");
+            assert_eq!(m[0].message.key.as_deref(), Some(&b"k"[..]));
+            assert_eq!(m[1].message.key, None);
+            assert_eq!(m[1].message.value, b"two");
+            assert_eq!(m[0].message.headers[0].key, "h");
+            assert_eq!(m[0].message.timestamp_ms, 1_700_000_000_000);
+            assert_eq!(
+                m.iter().map(|m| m.null_value).collect::<Vec<_>>(),
+                [false, false, true]
+            );
         }
     }
 
@@ -342,18 +362,19 @@ mod tests {
     #[test]
     fn given_levee_records_when_encoded_should_decode_as_one_kafka_batch_with_their_offsets() {
         let mut run = Vec::new();
-        for (i, v) in ["a", "bb"].iter().enumerate() {
+        for (i, v) in ["a", "bb", ""].iter().enumerate() {
             let at = run.len();
-            record::encode(
-                &Message {
-                    timestamp_ms: 5,
-                    key: Some(vec![i as u8]),
-                    value: v.as_bytes().to_vec(),
-                    ..Message::default()
-                },
-                &mut run,
-            )
-            .unwrap();
+            let m = Message {
+                timestamp_ms: 5,
+                key: Some(vec![i as u8]),
+                value: v.as_bytes().to_vec(),
+                ..Message::default()
+            };
+            if v.is_empty() {
+                record::encode_null_value(&m, &mut run).unwrap();
+            } else {
+                record::encode(&m, &mut run).unwrap();
+            }
             record::stamp_header(&mut run[at..], 40 + i as u64, 9);
         }
         let mut aligned = rkyv::util::AlignedVec::<16>::new();
@@ -363,13 +384,14 @@ mod tests {
         let got: Vec<_> = set
             .records
             .iter()
-            .map(|r| (r.offset, r.value.clone().unwrap()))
+            .map(|r| (r.offset, r.value.clone()))
             .collect();
         assert_eq!(
             got,
             vec![
-                (40, Bytes::from_static(b"a")),
-                (41, Bytes::from_static(b"bb"))
+                (40, Some(Bytes::from_static(b"a"))),
+                (41, Some(Bytes::from_static(b"bb"))),
+                (42, None)
             ]
         );
         assert_eq!(set.records[0].timestamp, 5);
