@@ -180,9 +180,9 @@ pub(crate) async fn classic<I: Io>(
                     ClassicOp::Heartbeat { member, generation } => s
                         .group_heartbeat(p, &group, &member, generation)
                         .map(|()| ClassicDone::Done),
-                    ClassicOp::Leave { member } => {
-                        s.group_leave(p, &group, &member).map(|()| ClassicDone::Done)
-                    }
+                    ClassicOp::Leave { member } => s
+                        .group_leave(p, &group, &member)
+                        .map(|()| ClassicDone::Done),
                 }
             }
         })

@@ -211,7 +211,11 @@ pub(super) async fn sync<I: Io>(
         .map(|a| Assignment {
             member_id: a.member_id.as_str().to_string(),
             bytes: a.assignment.to_vec(),
-            partitions: if r.protocol_type.as_ref().is_none_or(|t| t.as_str() == CONSUMER) {
+            partitions: if r
+                .protocol_type
+                .as_ref()
+                .is_none_or(|t| t.as_str() == CONSUMER)
+            {
                 assigned_partitions(&a.assignment)
             } else {
                 Vec::new()

@@ -39,12 +39,11 @@ use kafka_protocol::messages::{
     offset_fetch_response, produce_response, ApiKey as KafkaApi, ApiVersionsRequest,
     ApiVersionsResponse, BrokerId, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
     DeleteTopicsResponse, FetchRequest as KFetchRequest, FetchResponse, FindCoordinatorRequest,
-    FindCoordinatorResponse, HeartbeatRequest, InitProducerIdRequest, JoinGroupRequest,
-    LeaveGroupRequest, SyncGroupRequest, InitProducerIdResponse, ListOffsetsRequest,
-    ListOffsetsResponse, MetadataRequest, MetadataResponse,
-    OffsetCommitRequest as KOffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest,
-    OffsetFetchResponse, ProduceRequest as KProduceRequest, ProduceResponse, ProducerId,
-    RequestHeader, ResponseHeader, TopicName,
+    FindCoordinatorResponse, HeartbeatRequest, InitProducerIdRequest, InitProducerIdResponse,
+    JoinGroupRequest, LeaveGroupRequest, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
+    MetadataResponse, OffsetCommitRequest as KOffsetCommitRequest, OffsetCommitResponse,
+    OffsetFetchRequest, OffsetFetchResponse, ProduceRequest as KProduceRequest, ProduceResponse,
+    ProducerId, RequestHeader, ResponseHeader, SyncGroupRequest, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use rkyv::util::AlignedVec;
@@ -1356,9 +1355,11 @@ async fn list_offsets<I: Io>(
 mod tests {
     use super::*;
 
-    /// Request frames kcat (librdkafka) sent to this listener, captured on the wire
-    /// (tests/kafka/golden): `kcat -P -z gzip|snappy|lz4|zstd` with keys, a header and a null
-    /// value, `kcat -C`, `kcat -Q`.
+    /// Frames captured on the wire (tests/kafka/golden, made with tests/kafka/capture_frames.py):
+    /// requests kcat (librdkafka) sent (`kcat -P -z gzip|snappy|lz4|zstd` with keys, a header
+    /// and a null value, `kcat -C`, `kcat -Q`), and requests with this listener's responses
+    /// (`NAME.response.bin`) from the group runs of confluent-kafka (librdkafka) and kafka-python
+    /// 3 in tests/kafka, which those clients accepted.
     fn golden(name: &str) -> Vec<u8> {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/kafka/golden")
@@ -1367,16 +1368,158 @@ mod tests {
     }
 
     #[test]
-    fn given_every_frame_kcat_sent_when_decoded_should_be_understood() {
+    fn given_every_request_frame_a_client_sent_when_decoded_should_be_understood() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/kafka/golden");
         let mut seen = 0;
         for entry in std::fs::read_dir(dir).unwrap() {
-            let frame = std::fs::read(entry.unwrap().path()).unwrap();
-            let d = decode_request(&frame).unwrap();
-            assert_eq!(d.client_id.as_deref(), Some("rdkafka"));
+            let path = entry.unwrap().path();
+            if path.to_string_lossy().ends_with(".response.bin") {
+                continue;
+            }
+            let frame = std::fs::read(&path).unwrap();
+            let d = decode_request(&frame).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            // A fallback is answered from the fixed part of its header alone.
+            let fallback = matches!(d.request, KafkaRequest::ApiVersionsFallback);
+            assert!(fallback || d.client_id.is_some_and(|c| !c.is_empty()));
             seen += 1;
         }
-        assert!(seen >= 5);
+        assert!(seen >= 30);
+    }
+
+    /// The body of a captured response frame (its header version from the request's api and
+    /// version), which must also be what this listener's encoder writes for it, byte for byte.
+    fn response<M: Decodable + Encodable>(name: &str) -> M {
+        let request = decode_request(&golden(&format!("{name}.bin"))).unwrap();
+        let frame = golden(&format!("{name}.response.bin"));
+        let (api, version) = (request.api, request.version);
+        let mut buf = Bytes::from(frame.clone());
+        let header =
+            ResponseHeader::decode(&mut buf, api.response_header_version(version)).unwrap();
+        assert_eq!(header.correlation_id, request.correlation_id, "{name}");
+        let body = M::decode(&mut buf, version).unwrap();
+        assert!(buf.is_empty(), "{name}: trailing bytes");
+        let again = encode(api, version, request.correlation_id, &body).unwrap();
+        assert_eq!(again[4..], frame[..], "{name}: encoded again differently");
+        body
+    }
+
+    #[test]
+    fn given_api_versions_requests_should_answer_the_captured_bytes_including_the_fallback() {
+        for name in ["rdkafka-api_versions-v3", "kafka-python-api_versions-v4"] {
+            let d = decode_request(&golden(&format!("{name}.bin"))).unwrap();
+            let ours = encode(d.api, d.version, d.correlation_id, &api_versions_body(0)).unwrap();
+            assert_eq!(
+                ours[4..],
+                golden(&format!("{name}.response.bin"))[..],
+                "{name}"
+            );
+            response::<ApiVersionsResponse>(name);
+        }
+        // librdkafka's request claimed as version 5, newer than served: a version 0 body with
+        // UNSUPPORTED_VERSION and the served ranges, on a connection that stays open.
+        let name = "rdkafka-api_versions-v5-fallback";
+        let d = decode_request(&golden(&format!("{name}.bin"))).unwrap();
+        assert!(matches!(d.request, KafkaRequest::ApiVersionsFallback));
+        let body = api_versions_body(code::UNSUPPORTED_VERSION);
+        let ours = encode(d.api, 0, d.correlation_id, &body).unwrap();
+        let captured = golden(&format!("{name}.response.bin"));
+        assert_eq!(ours[4..], captured[..]);
+        let mut buf = Bytes::from(captured);
+        ResponseHeader::decode(&mut buf, 0).unwrap();
+        let v0 = ApiVersionsResponse::decode(&mut buf, 0).unwrap();
+        assert_eq!(v0.error_code, code::UNSUPPORTED_VERSION);
+        assert!(v0
+            .api_keys
+            .iter()
+            .any(|k| k.api_key == 18 && k.max_version == 4));
+    }
+
+    #[test]
+    fn given_captured_group_rounds_should_show_the_member_id_round_trip_and_the_leaders_assignment_passed_through(
+    ) {
+        use kafka_protocol::messages::{
+            HeartbeatResponse, JoinGroupResponse, LeaveGroupResponse, SyncGroupResponse,
+        };
+        for (client, join, sync) in [("rdkafka", 5, 3), ("kafka-python", 7, 5)] {
+            let first: JoinGroupResponse =
+                response(&format!("{client}-join_group-v{join}-member_id_required"));
+            assert_eq!(first.error_code, code::MEMBER_ID_REQUIRED);
+            assert!(!first.member_id.is_empty());
+            let name = format!("{client}-join_group-v{join}-leader");
+            let KafkaRequest::JoinGroup(again) = decode_request(&golden(&format!("{name}.bin")))
+                .unwrap()
+                .request
+            else {
+                panic!("not a join")
+            };
+            assert_eq!(
+                again.member_id, first.member_id,
+                "{client} joins with the id given"
+            );
+            let leader: JoinGroupResponse = response(&name);
+            assert_eq!(leader.error_code, code::NONE);
+            assert_eq!(leader.leader, leader.member_id);
+            assert!(!leader.members.is_empty());
+            let name = format!("{client}-sync_group-v{sync}-leader");
+            let KafkaRequest::SyncGroup(handed_in) =
+                decode_request(&golden(&format!("{name}.bin")))
+                    .unwrap()
+                    .request
+            else {
+                panic!("not a sync")
+            };
+            let mine: SyncGroupResponse = response(&name);
+            let own = handed_in
+                .assignments
+                .iter()
+                .find(|a| a.member_id == leader.member_id)
+                .unwrap();
+            assert_eq!(mine.assignment, own.assignment, "{client}: passed through");
+        }
+        // librdkafka's follower: no members in its join, the leader's bytes in its sync.
+        let follower: JoinGroupResponse = response("rdkafka-join_group-v5-follower");
+        assert!(follower.members.is_empty() && follower.leader != follower.member_id);
+        let theirs: SyncGroupResponse = response("rdkafka-sync_group-v3-follower");
+        let KafkaRequest::SyncGroup(handed_in) =
+            decode_request(&golden("rdkafka-sync_group-v3-leader.bin"))
+                .unwrap()
+                .request
+        else {
+            panic!("not a sync")
+        };
+        let given = handed_in
+            .assignments
+            .iter()
+            .find(|a| a.member_id == follower.member_id)
+            .unwrap();
+        assert_eq!(theirs.assignment, given.assignment);
+        for name in ["rdkafka-heartbeat-v3", "kafka-python-heartbeat-v4"] {
+            assert_eq!(response::<HeartbeatResponse>(name).error_code, code::NONE);
+        }
+        let left: LeaveGroupResponse = response("rdkafka-leave_group-v1");
+        assert_eq!(left.error_code, code::NONE);
+        let left: LeaveGroupResponse = response("kafka-python-leave_group-v4");
+        assert!(left.members.iter().all(|m| m.error_code == code::NONE));
+        for name in ["rdkafka-offset_commit-v8", "kafka-python-offset_commit-v8"] {
+            let c: OffsetCommitResponse = response(name);
+            assert!(c
+                .topics
+                .iter()
+                .flat_map(|t| &t.partitions)
+                .all(|p| p.error_code == code::NONE));
+        }
+        response::<OffsetFetchResponse>("rdkafka-offset_fetch-v7");
+        response::<FindCoordinatorResponse>("rdkafka-find_coordinator-v2");
+        for name in [
+            "rdkafka-init_producer_id-v4",
+            "kafka-python-init_producer_id-v4",
+        ] {
+            assert_eq!(
+                response::<InitProducerIdResponse>(name).error_code,
+                code::NONE
+            );
+        }
+        response::<ProduceResponse>("kafka-python-produce-v9");
     }
 
     #[test]

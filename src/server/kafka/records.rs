@@ -311,7 +311,10 @@ mod tests {
         ] {
             let mut null = record(2, Some("gone"), "");
             null.value = None;
-            let b = batch(c, &[record(0, Some("k"), "one"), record(1, None, "two"), null]);
+            let b = batch(
+                c,
+                &[record(0, Some("k"), "one"), record(1, None, "two"), null],
+            );
             let m = decode_batches(&b).unwrap();
             assert_eq!(m.len(), 3, "{c:?}");
             assert_eq!(m[0].message.key.as_deref(), Some(&b"k"[..]));
