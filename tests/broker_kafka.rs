@@ -1,7 +1,8 @@
 //! The Kafka listener against a real broker, spoken to with the `kafka-protocol` crate (client
 //! side): ApiVersions with its fallback, Metadata naming each shard as a broker, Produce of
 //! compressed batches to each partition's leader, Fetch and ListOffsets, Levee's own client
-//! reading what Kafka wrote and the reverse, and bad input refused without harm.
+//! reading what Kafka wrote and the reverse, bad input refused without harm, and the classic
+//! group protocol (member-id round trip, leader's assignment passed through, fencing).
 
 mod common;
 
@@ -705,4 +706,220 @@ fn given_a_consumer_without_membership_when_it_commits_should_fetch_the_offsets_
         .fetch_offsets("billing", &[("tracked".to_string(), 1)])
         .unwrap();
     assert_eq!(levee[0].offset, Some(42));
+}
+
+/// One Kafka group member over its own connection to the coordinator.
+mod member {
+    use super::*;
+    use kafka_protocol::messages::{
+        join_group_request::JoinGroupRequestProtocol,
+        sync_group_request::SyncGroupRequestAssignment, GroupId, HeartbeatRequest,
+        HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
+        LeaveGroupResponse, SyncGroupRequest, SyncGroupResponse,
+    };
+
+    pub fn join(k: &mut Kafka, group: &str, member: &str, protocols: &[&str]) -> JoinGroupResponse {
+        let mut r = JoinGroupRequest::default();
+        r.group_id = GroupId(StrBytes::from_string(group.to_string()));
+        r.session_timeout_ms = 10_000;
+        r.rebalance_timeout_ms = 10_000;
+        r.member_id = StrBytes::from_string(member.to_string());
+        r.protocol_type = StrBytes::from_static_str("consumer");
+        r.protocols = protocols
+            .iter()
+            .map(|p| {
+                let mut jp = JoinGroupRequestProtocol::default();
+                jp.name = StrBytes::from_string(p.to_string());
+                jp.metadata = Bytes::from(format!("{p}-meta"));
+                jp
+            })
+            .collect();
+        k.call(ApiKey::JoinGroup, 7, &r)
+    }
+
+    /// Joins through the member-id round trip; returns the settled generation.
+    pub fn join_new(k: &mut Kafka, group: &str, protocols: &[&str]) -> JoinGroupResponse {
+        let first = join(k, group, "", protocols);
+        assert_eq!(first.error_code, 79, "MEMBER_ID_REQUIRED");
+        let id = first.member_id.to_string();
+        let settled = join(k, group, &id, protocols);
+        assert_eq!(settled.error_code, 0);
+        assert_eq!(settled.member_id.as_str(), id);
+        settled
+    }
+
+    pub fn sync(
+        k: &mut Kafka,
+        group: &str,
+        member: &str,
+        generation: i32,
+        assignments: &[(&str, &[u8])],
+    ) -> SyncGroupResponse {
+        let mut r = SyncGroupRequest::default();
+        r.group_id = GroupId(StrBytes::from_string(group.to_string()));
+        r.generation_id = generation;
+        r.member_id = StrBytes::from_string(member.to_string());
+        r.protocol_type = Some(StrBytes::from_static_str("consumer"));
+        r.assignments = assignments
+            .iter()
+            .map(|(m, a)| {
+                let mut s = SyncGroupRequestAssignment::default();
+                s.member_id = StrBytes::from_string(m.to_string());
+                s.assignment = Bytes::copy_from_slice(a);
+                s
+            })
+            .collect();
+        k.call(ApiKey::SyncGroup, 5, &r)
+    }
+
+    pub fn heartbeat(k: &mut Kafka, group: &str, member: &str, generation: i32) -> i16 {
+        let mut r = HeartbeatRequest::default();
+        r.group_id = GroupId(StrBytes::from_string(group.to_string()));
+        r.member_id = StrBytes::from_string(member.to_string());
+        r.generation_id = generation;
+        let resp: HeartbeatResponse = k.call(ApiKey::Heartbeat, 4, &r);
+        resp.error_code
+    }
+
+    pub fn leave(k: &mut Kafka, group: &str, member: &str) -> i16 {
+        let mut r = LeaveGroupRequest::default();
+        r.group_id = GroupId(StrBytes::from_string(group.to_string()));
+        r.member_id = StrBytes::from_string(member.to_string());
+        let resp: LeaveGroupResponse = k.call(ApiKey::LeaveGroup, 1, &r);
+        resp.error_code
+    }
+}
+
+#[test]
+fn given_two_kafka_members_should_settle_one_generation_pass_the_leaders_assignment_and_fence_the_stale(
+) {
+    use kafka_protocol::messages::{
+        offset_commit_request, FindCoordinatorRequest, FindCoordinatorResponse, GroupId,
+        OffsetCommitRequest, OffsetCommitResponse,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, client) = start(dir.path());
+    client
+        .create_topic(
+            "jobs",
+            TopicConfig {
+                partitions: 2,
+                ..TopicConfig::default()
+            },
+        )
+        .unwrap();
+    let mut boot = Kafka::connect(broker.kafka.unwrap());
+    let mut fc = FindCoordinatorRequest::default();
+    fc.key = StrBytes::from_static_str("workers");
+    let found: FindCoordinatorResponse = boot.call(ApiKey::FindCoordinator, 3, &fc);
+    let coordinator: SocketAddr = format!("{}:{}", found.host.as_str(), found.port)
+        .parse()
+        .unwrap();
+
+    // Both join at once (a join is a long poll: each on its own connection and thread).
+    let joins: Vec<_> = [&["range", "roundrobin"][..], &["roundrobin", "range"][..]]
+        .into_iter()
+        .map(|protocols| {
+            std::thread::spawn(move || {
+                let mut k = Kafka::connect(coordinator);
+                let j = member::join_new(&mut k, "workers", protocols);
+                (k, j)
+            })
+        })
+        .collect();
+    let mut members: Vec<_> = joins.into_iter().map(|t| t.join().unwrap()).collect();
+    let generation = members[0].1.generation_id;
+    assert!(generation >= 1);
+    assert!(members.iter().all(|(_, j)| j.generation_id == generation));
+    // One vote each: the tie goes to the earlier name.
+    assert!(members
+        .iter()
+        .all(|(_, j)| j.protocol_name.as_ref().map(|p| p.as_str()) == Some("range")));
+    members.sort_by_key(|(_, j)| j.leader != j.member_id);
+    let ((mut lk, lj), (mut fk, fj)) = {
+        let mut it = members.into_iter();
+        (it.next().unwrap(), it.next().unwrap())
+    };
+    let (leader, follower) = (lj.member_id.to_string(), fj.member_id.to_string());
+    assert_eq!(lj.members.len(), 2, "the leader sees every member");
+    assert!(fj.members.is_empty());
+    assert!(lj
+        .members
+        .iter()
+        .any(|m| m.member_id.as_str() == follower && &m.metadata[..] == b"range-meta"));
+
+    // The follower's sync waits for the leader's, which hands in both assignments.
+    let waiting = std::thread::spawn(move || {
+        let s = member::sync(&mut fk, "workers", &follower, generation, &[]);
+        (fk, follower, s)
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let mine = member::sync(
+        &mut lk,
+        "workers",
+        &leader,
+        generation,
+        &[(&leader, b"L"), (&fj.member_id.to_string(), b"F")],
+    );
+    assert_eq!((mine.error_code, &mine.assignment[..]), (0, &b"L"[..]));
+    let (mut fk, follower, theirs) = waiting.join().unwrap();
+    assert_eq!((theirs.error_code, &theirs.assignment[..]), (0, &b"F"[..]));
+    assert_eq!(
+        member::heartbeat(&mut fk, "workers", &follower, generation),
+        0
+    );
+
+    // Commits: the current generation's go through, a stale generation's are fenced.
+    let commit = |member: &str, generation: i32| {
+        let mut p = offset_commit_request::OffsetCommitRequestPartition::default();
+        p.partition_index = 0;
+        p.committed_offset = 7;
+        let mut t = offset_commit_request::OffsetCommitRequestTopic::default();
+        t.name = name("jobs");
+        t.partitions = vec![p];
+        let mut r = OffsetCommitRequest::default();
+        r.group_id = GroupId(StrBytes::from_static_str("workers"));
+        r.generation_id_or_member_epoch = generation;
+        r.member_id = StrBytes::from_string(member.to_string());
+        r.topics = vec![t];
+        r
+    };
+    let ok: OffsetCommitResponse = lk.call(ApiKey::OffsetCommit, 8, &commit(&leader, generation));
+    assert_eq!(ok.topics[0].partitions[0].error_code, 0);
+    let stale: OffsetCommitResponse =
+        lk.call(ApiKey::OffsetCommit, 8, &commit(&leader, generation - 1));
+    assert_eq!(
+        stale.topics[0].partitions[0].error_code, 22,
+        "ILLEGAL_GENERATION"
+    );
+    let described = client.describe_group("workers").unwrap();
+    assert_eq!(described.members.len(), 2);
+    assert_eq!(described.partitions[0].committed, Some(7));
+
+    // A Levee member cannot join a group of Kafka members.
+    let levee = client.join_group(&levee::protocol::JoinGroupRequest {
+        group: "workers".into(),
+        member_id: String::new(),
+        session_timeout_ms: 10_000,
+        rebalance_timeout_ms: 10_000,
+        topics: vec!["jobs".into()],
+    });
+    let refused = levee
+        .expect_err("a Levee member joined a Kafka group")
+        .to_string();
+    assert!(refused.contains("another protocol"), "{refused}");
+
+    // The follower leaves: the leader learns it from its heartbeat and joins alone.
+    assert_eq!(member::leave(&mut fk, "workers", &follower), 0);
+    assert_eq!(
+        member::heartbeat(&mut lk, "workers", &leader, generation),
+        27
+    );
+    let alone = member::join(&mut lk, "workers", &leader, &["range"]);
+    assert_eq!(alone.error_code, 0);
+    assert_eq!(alone.generation_id, generation + 1);
+    assert_eq!(alone.members.len(), 1);
+    // An id the group never handed out is an unknown member.
+    let stranger = member::join(&mut fk, "workers", "made-up", &["range"]);
+    assert_eq!(stranger.error_code, 25, "UNKNOWN_MEMBER_ID");
 }
