@@ -29,6 +29,7 @@ FRAME_SIZE_MAX = 64 << 20
 RECORD_HEADER_LEN = 32
 RECORD_ALIGN = 16
 RECORD_VERSION = 1
+FLAG_NULL_VALUE = 1  # header flag: the value is null, not empty (docs/protocol.md §8.1)
 ROOT_LEN = 56  # ArchivedMessage
 INLINE_STR_MAX = 8
 DEFAULT_BROKER = "127.0.0.1:7070"
@@ -473,7 +474,7 @@ def decode_run(run: bytes) -> list[Record]:
         acrc, alen, offset, ts, version, flags, reserved, hcrc = struct.unpack_from("<IIQqBBHI", run, pos)
         if crc32(run[pos:pos + 28]) != hcrc:
             raise DecodeError(f"record at {pos}: header crc mismatch")
-        if version != RECORD_VERSION or flags or reserved:
+        if version != RECORD_VERSION or flags & ~FLAG_NULL_VALUE or reserved:
             raise DecodeError(f"record at {pos}: version {version} / reserved bits")
         total = RECORD_HEADER_LEN + alen + _pad_len(alen, RECORD_ALIGN)
         if alen == 0 or pos + total > len(run):
