@@ -23,6 +23,11 @@ use std::time::{Duration, Instant};
 use super::{Coordinator, Group, GroupError, JoinOutcome, Joined, Member, State, TopicPartition};
 use super::{SESSION_TIMEOUT_MS_MAX, SESSION_TIMEOUT_MS_MIN};
 
+/// Most bytes of protocol names and metadata one member may join with, and most bytes of one
+/// member's assignment: what the coordinator keeps per member is bounded, whatever the frame
+/// size (a consumer subscribed to 3000 topics sends about 64 KiB).
+pub const MEMBER_PROTOCOL_BYTES_MAX: usize = 64 << 10;
+
 /// A classic member's part of [`Member`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClassicMember {
@@ -250,6 +255,12 @@ impl Coordinator {
         if req.protocol_type.is_empty() || req.protocols.is_empty() {
             return Err(inconsistent());
         }
+        let bytes: usize = req.protocols.iter().map(|(n, m)| n.len() + m.len()).sum();
+        if bytes + req.protocol_type.len() > MEMBER_PROTOCOL_BYTES_MAX {
+            return Err(GroupError::Invalid(format!(
+                "protocols of {bytes} bytes (at most {MEMBER_PROTOCOL_BYTES_MAX})"
+            )));
+        }
         self.check_new_group(req.group)?;
         let limit = self.limits.members_per_group;
         let fresh_id = if req.member_id.is_empty() {
@@ -372,6 +383,15 @@ impl Coordinator {
             m.last_seen = now;
         }
         g.check_member(member, generation)?;
+        if let Some(a) = assignments
+            .iter()
+            .find(|a| a.bytes.len() > MEMBER_PROTOCOL_BYTES_MAX)
+        {
+            return Err(GroupError::Invalid(format!(
+                "an assignment of {} bytes (at most {MEMBER_PROTOCOL_BYTES_MAX})",
+                a.bytes.len()
+            )));
+        }
         let leader = g.classic.as_ref().and_then(|c| c.leader.as_deref()) == Some(member);
         match g.state {
             State::AwaitingSync if leader => {
@@ -592,6 +612,12 @@ mod tests {
         assert!(matches!(
             c.join_classic(&join("", &other), now),
             Err(GroupError::InconsistentProtocol { .. })
+        ));
+        // Metadata past the bound is refused: the coordinator keeps it per member.
+        let big = vec![("range".to_string(), vec![0u8; MEMBER_PROTOCOL_BYTES_MAX])];
+        assert!(matches!(
+            c.join_classic(&join("", &big), now),
+            Err(GroupError::Invalid(_))
         ));
         // A Levee member cannot join a group of Kafka members.
         let topics = vec!["t".to_string()];
