@@ -608,6 +608,16 @@ async fn call<I: Io>(
     // frame buffers are.
     let mut frame = AlignedVec::<16>::with_capacity(levee_frame.len());
     frame.extend_from_slice(levee_frame);
+    call_aligned(shard, shared, session, frame).await
+}
+
+/// [`call`] of a frame already in an aligned buffer.
+async fn call_aligned<I: Io>(
+    shard: &Rc<Shard<I>>,
+    shared: &Arc<Shared>,
+    session: &Session,
+    mut frame: AlignedVec<16>,
+) -> Option<AlignedVec<16>> {
     let out = handler::handle(shard, shared, session, &mut frame).await?;
     let mut bytes = AlignedVec::<16>::new();
     match out {
@@ -681,13 +691,12 @@ async fn produce<I: Io>(
     let mut results = Vec::new();
     let mut throttle_ms = 0u32;
     if !blocks.is_empty() {
-        let mut frame = Vec::new();
         let timeout = r.timeout_ms.max(0) as u32;
         let acks = acks.unwrap_or(Acks::Durable);
-        let failed = match protocol::encode_produce(&mut frame, 0, acks, timeout, &blocks) {
+        let failed = match produce_frame(acks, timeout, &blocks) {
             Err(_) => Some(code::RECORD_LIST_TOO_LARGE),
             // `None`: acks 0, no answer to wait for.
-            Ok(()) => match call(shard, shared, session, &frame).await {
+            Ok(frame) => match call_aligned(shard, shared, session, frame).await {
                 None => None,
                 Some(out) => match levee_response(ApiKey::Produce, &out) {
                     Ok(Response::Produce(rs)) => {
@@ -757,6 +766,28 @@ async fn produce<I: Io>(
     }
     out.throttle_time_ms = throttle_ms.min(i32::MAX as u32) as i32;
     out
+}
+
+/// The Levee Produce frame of `blocks`, assembled once in the aligned buffer the handler reads
+/// (its head around each block's run) rather than encoded and then copied.
+fn produce_frame(
+    acks: Acks,
+    timeout_ms: u32,
+    blocks: &[(&str, u32, &[u8])],
+) -> Result<AlignedVec<16>, protocol::EncodeError> {
+    let mut head = Vec::new();
+    let version = ApiKey::Produce.versions().1;
+    let splits = protocol::encode_produce_head(&mut head, version, 0, acks, timeout_ms, blocks)?;
+    let runs: usize = blocks.iter().map(|(_, _, run)| run.len()).sum();
+    let mut frame = AlignedVec::<16>::with_capacity(head.len() + runs);
+    let mut at = 0;
+    for (split, (_, _, run)) in splits.into_iter().zip(blocks) {
+        frame.extend_from_slice(&head[at..split]);
+        frame.extend_from_slice(run);
+        at = split;
+    }
+    frame.extend_from_slice(&head[at..]);
+    Ok(frame)
 }
 
 /// A Produce partition's Kafka batches as one Levee run, or the Kafka code they fail with.
