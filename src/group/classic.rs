@@ -338,24 +338,13 @@ impl Coordinator {
         let mut topics = req.topics.to_vec();
         topics.sort();
         topics.dedup();
-        let member = group
-            .members
-            .entry(member_id.clone())
-            .or_insert_with(|| Member {
-                id: member_id.clone(),
-                client_id: req.client_id.to_string(),
-                topics: Vec::new(),
-                session_timeout: req.session_timeout,
-                rebalance_timeout: req.rebalance_timeout,
-                last_seen: now,
-                joined: false,
-                assignment: Vec::new(),
-                classic: None,
-            });
-        member.topics = topics;
-        member.session_timeout = req.session_timeout;
-        member.rebalance_timeout = req.rebalance_timeout;
-        member.last_seen = now;
+        let member = group.upsert_member(
+            &member_id,
+            req.client_id,
+            topics,
+            (req.session_timeout, req.rebalance_timeout),
+            now,
+        );
         member.classic = Some(ClassicMember {
             protocols: req.protocols.to_vec(),
             assignment: Vec::new(),

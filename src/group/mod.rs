@@ -216,6 +216,37 @@ impl Group {
         }
     }
 
+    /// Adds a member, or refreshes one, with what its join says: topics, (session, rebalance)
+    /// timeouts, seen now.
+    fn upsert_member(
+        &mut self,
+        id: &str,
+        client_id: &str,
+        topics: Vec<String>,
+        (session_timeout, rebalance_timeout): (Duration, Duration),
+        now: Instant,
+    ) -> &mut Member {
+        let member = self
+            .members
+            .entry(id.to_string())
+            .or_insert_with(|| Member {
+                id: id.to_string(),
+                client_id: client_id.to_string(),
+                topics: Vec::new(),
+                session_timeout,
+                rebalance_timeout,
+                last_seen: now,
+                joined: false,
+                assignment: Vec::new(),
+                classic: None,
+            });
+        member.topics = topics;
+        member.session_timeout = session_timeout;
+        member.rebalance_timeout = rebalance_timeout;
+        member.last_seen = now;
+        member
+    }
+
     /// The group lost its last member: it is empty, of no protocol.
     fn emptied(&mut self) {
         self.state = State::Empty;
@@ -408,24 +439,13 @@ impl Coordinator {
                 classic: None,
             }));
         }
-        let member = group
-            .members
-            .entry(member_id.clone())
-            .or_insert_with(|| Member {
-                id: member_id.clone(),
-                client_id: req.client_id.to_string(),
-                topics: Vec::new(),
-                session_timeout: req.session_timeout,
-                rebalance_timeout: req.rebalance_timeout,
-                last_seen: now,
-                joined: false,
-                assignment: Vec::new(),
-                classic: None,
-            });
-        member.topics = topics;
-        member.session_timeout = req.session_timeout;
-        member.rebalance_timeout = req.rebalance_timeout;
-        member.last_seen = now;
+        group.upsert_member(
+            &member_id,
+            req.client_id,
+            topics,
+            (req.session_timeout, req.rebalance_timeout),
+            now,
+        );
         group.start_rebalance(now);
         if let Some(m) = group.members.get_mut(&member_id) {
             m.joined = true;
