@@ -184,12 +184,13 @@ pub fn tag_run(run: &[u8], d: u32, id: u64, archive_len_max: usize) -> Result<Ve
     while position < aligned.len() {
         // As the producer sent it: broker fields and header CRC not set yet.
         let (archived, total) = record::produced_message(&aligned, position, archive_len_max)?;
+        let null = record::flags_value_is_null(&aligned[position..]);
         position += total;
         let mut m: Message = rkyv::deserialize::<Message, rkyv::rancor::Error>(archived)
             .map_err(|e| DelayError::Malformed(e.to_string()))?;
         m.producer_id = DELAY_PRODUCER_ID_BASE | u64::from(d);
         m.sequence = id;
-        record::encode(&m, &mut out)?;
+        record::encode_like(&m, null, &mut out)?;
     }
     Ok(out)
 }
@@ -304,6 +305,19 @@ mod tests {
         Records::new(&aligned, record::ARCHIVE_LEN_MAX)
             .map(|r| decode(&r.unwrap()).unwrap())
             .collect()
+    }
+
+    #[test]
+    fn given_a_null_value_when_tagged_for_delivery_should_stay_null() {
+        let mut run = one("kept");
+        record::encode_null_value(&Message::default(), &mut run).unwrap();
+        let tagged = tag_run(&run, 1, 9, record::ARCHIVE_LEN_MAX).unwrap();
+        let mut aligned = rkyv::util::AlignedVec::<16>::new();
+        aligned.extend_from_slice(&tagged);
+        let nulls: Vec<bool> = Records::new(&aligned, record::ARCHIVE_LEN_MAX)
+            .map(|r| r.unwrap().header.value_is_null())
+            .collect();
+        assert_eq!(nulls, [false, true]);
     }
 
     #[test]

@@ -522,6 +522,28 @@ pub fn encode_null_value(message: &Message, out: &mut Vec<u8>) -> Result<usize, 
     Ok(n)
 }
 
+/// [`encode`], or [`encode_null_value`] when `value_is_null`: a copy of a record (a retry, a dead
+/// letter, a delayed delivery) keeps its original's null value.
+pub fn encode_like(
+    message: &Message,
+    value_is_null: bool,
+    out: &mut Vec<u8>,
+) -> Result<usize, RecordError> {
+    if value_is_null {
+        encode_null_value(message, out)
+    } else {
+        encode(message, out)
+    }
+}
+
+/// Whether the record starting `record` (its shape already checked) says its value is null.
+#[inline]
+pub fn flags_value_is_null(record: &[u8]) -> bool {
+    record
+        .get(AT_FLAGS)
+        .is_some_and(|f| f & FLAG_NULL_VALUE != 0)
+}
+
 /// Numbers the records of a producer's run for an idempotent producer: record `i` gets
 /// `producer_id` and sequence `first_sequence + i`, written in place into each archive (rkyv
 /// puts the root object at the end of an archive, so the two fields sit at fixed distances from

@@ -112,7 +112,7 @@ async fn read_one<I: Io>(
     topic: &str,
     partition: u32,
     offset: u64,
-) -> Result<Message, ShardError> {
+) -> Result<(Message, bool), ShardError> {
     let owner = shard.owner(topic, partition);
     let t = topic.to_string();
     shard
@@ -126,6 +126,7 @@ async fn read_one<I: Io>(
                         .message()
                         .ok()
                         .and_then(|m| rkyv::deserialize::<Message, rkyv::rancor::Error>(m).ok())
+                        .map(|m| (m, r.header.value_is_null()))
                         .ok_or_else(|| ShardError::Invalid {
                             reason: format!("the record at {t}/{partition}@{offset} is unreadable"),
                         }),
@@ -274,12 +275,12 @@ async fn nack_inner<I: Io>(
         checked.map_err(ShardError::Group)
     })
     .await?;
-    let m = read_one(shard, &n.topic, n.partition, n.offset).await?;
+    let (m, null) = read_one(shard, &n.topic, n.partition, n.offset).await?;
     let origin: Origin = retry::origin(&m, &n.topic, n.partition, n.offset);
     let failed = origin.failed.saturating_add(1);
     let copy = retry::copy(&m, &origin, failed, &n.error);
     let mut run = Vec::new();
-    record::encode(&copy, &mut run).map_err(|e| ShardError::Invalid {
+    record::encode_like(&copy, null, &mut run).map_err(|e| ShardError::Invalid {
         reason: format!("the copy cannot be encoded: {e}"),
     })?;
     if failed >= n.max_deliveries {
@@ -368,7 +369,7 @@ async fn replay_inner<I: Io>(
             let read = (|| {
                 let earliest = s.list_offset(&t, 0, crate::shard::OffsetQuery::Earliest)?;
                 let mut offset = cursor.unwrap_or(earliest).max(earliest);
-                let mut out: Vec<(u64, Message)> = Vec::new();
+                let mut out: Vec<(u64, Message, bool)> = Vec::new();
                 while out.len() < max {
                     let got = s.read(&t, 0, offset, 1 << 20)?;
                     let mut advanced = false;
@@ -381,7 +382,7 @@ async fn replay_inner<I: Io>(
                             .ok()
                             .and_then(|m| rkyv::deserialize::<Message, rkyv::rancor::Error>(m).ok())
                         {
-                            out.push((r.offset(), m));
+                            out.push((r.offset(), m, r.header.value_is_null()));
                         }
                         offset = r.offset() + 1;
                         advanced = true;
@@ -412,7 +413,7 @@ async fn replay_inner<I: Io>(
     }
     // Per retry partition, in dead-letter order; the deliveries count starts again.
     let mut runs: std::collections::BTreeMap<u32, Vec<u8>> = Default::default();
-    for (_, m) in &records {
+    for (_, m, null) in &records {
         let o = retry::origin(m, &dlq, 0, 0);
         let error = m
             .headers
@@ -424,7 +425,7 @@ async fn replay_inner<I: Io>(
         let run = runs
             .entry(retry::retry_partition(&o.topic, o.partition))
             .or_default();
-        record::encode(&copy, run).map_err(|e| ShardError::Invalid {
+        record::encode_like(&copy, *null, run).map_err(|e| ShardError::Invalid {
             reason: format!("a dead letter cannot be copied: {e}"),
         })?;
     }

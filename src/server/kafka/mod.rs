@@ -809,12 +809,8 @@ fn to_run(records: Option<&Bytes>) -> Result<Vec<u8>, i16> {
     }
     let mut run = Vec::new();
     for m in &messages {
-        let encoded = if m.null_value {
-            crate::record::encode_null_value(&m.message, &mut run)
-        } else {
-            crate::record::encode(&m.message, &mut run)
-        };
-        encoded.map_err(|_| code::MESSAGE_TOO_LARGE)?;
+        crate::record::encode_like(&m.message, m.null_value, &mut run)
+            .map_err(|_| code::MESSAGE_TOO_LARGE)?;
     }
     Ok(run)
 }
