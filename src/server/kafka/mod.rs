@@ -3,11 +3,13 @@
 //! Each shard listens on its own Kafka port and is advertised in Metadata as its own broker
 //! (node id = shard number), so a Kafka client sends each partition's requests straight to its
 //! owner core, as Levee's own client does. A connection is served one request at a time, in
-//! order, as a Kafka broker serves it: responses go out in request order, and a long-polling
-//! Fetch holds the requests behind it on that connection.
+//! order, as a Kafka broker serves it: responses go out in request order, and a long poll
+//! (Fetch, JoinGroup, SyncGroup) holds the requests behind it on that connection.
 //!
 //! Every request is translated into Levee's own request and run through the same handler as a
-//! Levee connection's (`server::handler`): the same owner-shard hops, quotas, backlog bounds,
+//! Levee connection's (`server::handler`), or, for the group membership apis, which Levee's
+//! protocol has no request for, into a `handler::classic` operation on the same coordinator
+//! (`kafka/groups.rs`): the same owner-shard hops, quotas, backlog bounds,
 //! acknowledgement levels (acks -1 = `durable`, 1 = `written`, 0 = `none`: no response) and
 //! metrics. Kafka record batches are checked (CRC-32C), decompressed under a bound and stored as
 //! Levee records ([`records`]); fetched Levee records go out as one record batch per partition.
